@@ -466,6 +466,10 @@ fn queue_error(e: io::Error) -> SendmailError {
 /// size, arrival (UTC), sender, recipients and the last error.
 fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailError> {
     let spool = Spool::new(&config.spool_dir);
+    if !spool.root().exists() {
+        // Nothing was ever spooled on this box.
+        return write_output(output, b"Mail queue is empty\n");
+    }
     // What local users dropped off is waiting too; list it with the rest.
     spool
         .ingest_maildrop(config.max_message_size)
@@ -504,7 +508,12 @@ fn one_line(text: &str) -> String {
 
 /// `sendmail -q`: deliver what is waiting now, ignoring the backoff schedule.
 fn run_queue(config: &Config, summary: bool, output: &mut dyn Write) -> Result<(), SendmailError> {
-    let report = crate::deliver::run_once(config, true).map_err(queue_error)?;
+    let report = if Spool::new(&config.spool_dir).root().exists() {
+        crate::deliver::run_once(config, true).map_err(queue_error)?
+    } else {
+        // Nothing was ever spooled on this box.
+        crate::deliver::RunReport::default()
+    };
     log::info!(
         "queue run: delivered={} deferred={} failed={} waiting={}",
         report.delivered,

@@ -124,7 +124,7 @@ pub fn submit(
         .create_maildrop(envelope)
         .and_then(|mut w| w.write_all(raw).map(|()| w))
         .and_then(SpoolWriter::commit);
-    finish(spooled, bridge, envelope, size)
+    finish(&spool, spooled, bridge, envelope, size)
 }
 
 /// Submits a large message whose start is `start` and whose whole (`total` bytes) is also in
@@ -156,7 +156,7 @@ pub fn submit_streamed(
         Tail::Spooled(writer) => writer.commit(),
         Tail::Unspooled(e) => Err(e),
     };
-    finish(spooled, bridge, envelope, total)
+    finish(&spool, spooled, bridge, envelope, total)
 }
 
 /// The bridge attempt: `None` when the bridge took the digest, otherwise why not (a
@@ -200,6 +200,7 @@ enum BridgeMiss {
 }
 
 fn finish(
+    spool: &Spool,
     spooled: io::Result<QueueId>,
     bridge: Option<BridgeMiss>,
     envelope: &Envelope,
@@ -216,6 +217,14 @@ fn finish(
                 None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
             };
             log_submission(&id, envelope, size, &status);
+            if why.is_some() {
+                // Until the queue drains, later mail must queue behind this one instead of
+                // overtaking it when the bridge comes back. Only the spool owner may set
+                // the mark; for anyone else the queue runner sets it on its first failure.
+                if let Err(e) = spool.set_backlog(true) {
+                    log::debug!("{id}: cannot mark the backlog: {e}");
+                }
+            }
             Ok(SubmitOutcome::Queued(id))
         }
         Err(source) => {
