@@ -19,7 +19,7 @@ pub mod submit;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use nix::unistd::{Gid, Group, Uid, User};
@@ -32,6 +32,9 @@ use crate::sysexits;
 
 pub use args::{Args, ArgsError, Mode, HONOURED_OPTIONS, IGNORED_OPTIONS, REJECTED_OPTIONS};
 pub use submit::{submit, SubmitError, SubmitOutcome};
+
+/// Where syslog listens; without it the shim does not log (see [`run`]).
+const SYSLOG_SOCKET: &str = "/dev/log";
 
 /// Longest SMTP command line accepted by `sendmail -bs` (Postfix's `line_length_limit`).
 pub const SMTP_MAX_LINE: usize = 2048;
@@ -174,7 +177,13 @@ pub fn run(
         Err(_) => None,
     };
     let level = config.as_ref().map_or(LogLevel::Info, |c| c.loglevel);
-    crate::logging::init("sendmail", level, false);
+    // The shim must never write log lines to stderr: Symfony's ProcessStream treats any
+    // stderr text as a failed start, and cron mails whatever appears there. The logger
+    // falls back to stderr where there is no syslog socket, so there the shim does not log
+    // (Postfix's sendmail, too, logs nowhere without a syslog daemon).
+    if Path::new(SYSLOG_SOCKET).exists() {
+        crate::logging::init("sendmail", level, false);
+    }
     for option in &args.ignored {
         log::debug!("ignored option {option}");
     }
