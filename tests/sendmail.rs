@@ -241,6 +241,17 @@ fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// Brings the stand-in bridge back and waits until it listens again (it rebinds its port
+/// in the background), without sending it a request.
+fn bridge_up(world: &World) {
+    world.bridge.set_behaviour(Behaviour::Accept);
+    let listening = common::wait_until(Duration::from_secs(10), || {
+        // Binding fails once the stand-in listens on the port again.
+        std::net::TcpListener::bind(world.bridge.addr).is_err()
+    });
+    assert!(listening, "the stand-in bridge did not come back");
+}
+
 fn wait_digests(world: &World, n: usize) -> Vec<String> {
     world
         .bridge
@@ -453,7 +464,7 @@ fn bridge_failures_are_invisible_and_the_queue_delivers_once() {
         let bp = w.call(&["-bp"]).run();
         assert_eq!(bp.stdout, mailq.stdout);
 
-        w.bridge.set_behaviour(Behaviour::Accept);
+        bridge_up(&w);
         let run = w.call(&["-q", "-v"]).run();
         assert_eq!(run.code, 0, "{run:?}");
         assert_eq!(run.stdout, "delivered 1, deferred 0, failed 0\n", "{run:?}");
@@ -518,7 +529,7 @@ fn cannot_spool_and_bridge_down_exits_75_leaving_nothing() {
     );
 
     // The same message goes through when the bridge is up: spooling is the fallback.
-    w.bridge.set_behaviour(Behaviour::Accept);
+    bridge_up(&w);
     w.call(&["-i", "a@x"])
         .stdin(b"Subject: lost?\n\nx\n")
         .run()
@@ -578,7 +589,7 @@ fn large_message_streams_whole_into_the_spool() {
     let mut msg = b"To: t@x\nSubject: huge\n\n".to_vec();
     msg.extend(std::iter::repeat_n(b'y', 10_000));
     msg.push(b'\n');
-    for i in 0..60_000u32 {
+    for i in 0..150_000u32 {
         msg.extend_from_slice(format!("line {i:08} of a long message body\n").as_bytes());
     }
     assert!(msg.len() > smtp_bridge::digest::MAX_PARSE_BYTES);
@@ -670,7 +681,7 @@ fn an_ordinary_user_submits_and_spools() {
     let mailq = w.call(&[]).arg0("mailq").by_nobody().run();
     assert_eq!(mailq.code, 0, "{mailq:?}");
     assert!(mailq.stdout.contains("<nobody@testhost>"), "{mailq:?}");
-    w.bridge.set_behaviour(Behaviour::Accept);
+    bridge_up(&w);
     let run = w.call(&["-q", "-v"]).run();
     assert_eq!(run.stdout, "delivered 1, deferred 0, failed 0\n", "{run:?}");
     let got = wait_digests(&w, 2);
@@ -921,7 +932,7 @@ fn backlog_keeps_order() {
     // Whoever runs the queue marks the backlog when delivery fails.
     let run = w.call(&["-q", "-v"]).run();
     assert_eq!(run.stdout, "delivered 0, deferred 1, failed 0\n", "{run:?}");
-    w.bridge.set_behaviour(Behaviour::Accept);
+    bridge_up(&w);
     // The bridge is back, but "first" still waits: "second" must queue behind it.
     w.call(&["a@x"])
         .stdin(b"Subject: second\n\n2\n")

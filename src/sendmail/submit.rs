@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
@@ -75,19 +76,16 @@ impl std::error::Error for SubmitError {
 /// reads.
 #[derive(Debug)]
 pub enum Tail {
-    /// The rest, in an uncommitted maildrop file that also holds the start.
+    /// The rest, in an uncommitted spool file that also holds the start.
     Spooled(SpoolWriter),
     /// No maildrop file could be written; only the bridge can take the message now.
     Unspooled(io::Error),
 }
 
 impl Tail {
-    /// Opens the maildrop file for a large message and writes its start into it.
+    /// Opens the spool file for a large message and writes its start into it.
     pub fn open(spool: &Spool, envelope: &Envelope, start: &[u8]) -> Tail {
-        match spool
-            .create_maildrop(envelope)
-            .and_then(|mut w| w.write_all(start).map(|()| w))
-        {
+        match start_message(spool, envelope).and_then(|mut w| w.write_all(start).map(|()| w)) {
             Ok(writer) => Tail::Spooled(writer),
             Err(e) => Tail::Unspooled(e),
         }
@@ -104,8 +102,21 @@ impl Tail {
     }
 }
 
+/// Starts a spool file: in `queue/` when this process owns the spool (root, after becoming
+/// the owner, or the daemon user itself), so the envelope's origin is kept as written; in
+/// `maildrop/` for everyone else, whose files the queue runner takes in as untrusted, with
+/// the origin replaced by the file owner's uid.
+fn start_message(spool: &Spool, envelope: &Envelope) -> io::Result<SpoolWriter> {
+    let owner = std::fs::metadata(spool.root()).map(|m| m.uid());
+    if owner.is_ok_and(|uid| uid == nix::unistd::geteuid().as_raw()) {
+        spool.create(envelope)
+    } else {
+        spool.create_maildrop(envelope)
+    }
+}
+
 /// Submits a message held in memory: to the bridge unless delivery is backed up, else (or
-/// when the bridge fails) into the spool's maildrop. `full_name` is `-F`.
+/// when the bridge fails) into the spool. `full_name` is `-F`.
 pub fn submit(
     config: &Config,
     envelope: &Envelope,
@@ -120,8 +131,7 @@ pub fn submit(
         log_submission(&id, envelope, size, "sent (the bridge accepted the digest)");
         return Ok(SubmitOutcome::Delivered(id));
     }
-    let spooled = spool
-        .create_maildrop(envelope)
+    let spooled = start_message(&spool, envelope)
         .and_then(|mut w| w.write_all(raw).map(|()| w))
         .and_then(SpoolWriter::commit);
     finish(&spool, spooled, bridge, envelope, size)
