@@ -1,5 +1,8 @@
-//! The bridge client against real sockets: tiny raw HTTP servers that answer, fail, reset or
-//! hang on purpose, and check the exact request bytes the bridge would see.
+//! The bridge client against real sockets: the stand-in bridge of `tests/common`, which
+//! enforces `bridge-api.md` to the letter, and tiny raw HTTP servers that answer, fail, reset
+//! or hang on purpose and check the exact request bytes the bridge would see.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,6 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use common::{Behaviour, StandInBridge};
 use smtp_bridge::bridge::{json_body, Bridge, Outcome};
 
 /// How long a raw server waits for the client before it gives up (so a broken test fails
@@ -296,4 +300,84 @@ fn one_client_many_requests() {
     for (i, body) in bodies.iter().enumerate() {
         assert_eq!(body, json_body("box", &format!("message {i}")).as_bytes());
     }
+}
+
+/// Digests the real bridge would choke on (non-ASCII in every plane, control characters,
+/// quotes) are accepted by the stand-in and arrive unchanged.
+#[test]
+fn stand_in_bridge_accepts_every_kind_of_text() {
+    let bridge = StandInBridge::start();
+    let client = Bridge::new(&bridge.url, "web1 (smtp)", Duration::from_secs(10));
+    let replies = [
+        "plain ASCII",
+        "From: Jörg Müller <j@example.de>\nSubject: Grüße, ça va? ñ ß ÿ",
+        "中文 日本語 한국어 — “quotes” € ✓",
+        "emoji 😀🎉 and 𝄞, 🧑‍💻 (ZWJ)",
+        "control \u{0}\u{1}\u{1b}[0m \u{7f} tab\t cr\r lf\n quote\" backslash\\",
+        "",
+    ];
+    for reply in replies {
+        assert_eq!(client.send(reply), Outcome::Delivered, "{reply:?}");
+    }
+    let got = bridge.wait_for(replies.len(), Duration::from_secs(10));
+    assert_eq!(bridge.rejections(), Vec::<String>::new());
+    for (received, reply) in got.iter().zip(replies) {
+        assert_eq!(received.name, "web1 (smtp)");
+        assert_eq!(received.reply, reply);
+    }
+}
+
+#[test]
+fn stand_in_bridge_failures_are_classified() {
+    let bridge = StandInBridge::start();
+    let client = Bridge::new(&bridge.url, "box", Duration::from_secs(10));
+
+    bridge.set_behaviour(Behaviour::Status(500));
+    assert_eq!(
+        client.send("x"),
+        Outcome::Retry("bridge answered 500".to_owned())
+    );
+    bridge.set_behaviour(Behaviour::Status(429));
+    assert!(matches!(client.send("x"), Outcome::Retry(_)));
+    bridge.set_behaviour(Behaviour::Status(400));
+    assert_eq!(
+        client.send("x"),
+        Outcome::Permanent("bridge answered 400".to_owned())
+    );
+    bridge.set_behaviour(Behaviour::Accept);
+    assert_eq!(client.send("back"), Outcome::Delivered);
+    assert_eq!(bridge.received().len(), 1);
+}
+
+#[test]
+fn stand_in_bridge_wrong_path_is_permanent() {
+    let bridge = StandInBridge::start();
+    let wrong = bridge.url.replace("/replies", "/reply");
+    let outcome = Bridge::new(&wrong, "box", Duration::from_secs(10)).send("x");
+    assert_eq!(
+        outcome,
+        Outcome::Permanent("bridge answered 404".to_owned())
+    );
+    assert!(bridge.received().is_empty());
+}
+
+#[test]
+fn stand_in_bridge_hang_is_bounded() {
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Hang);
+    let outcome = Bridge::new(&bridge.url, "box", Duration::from_secs(1)).send("x");
+    bridge.set_behaviour(Behaviour::Accept);
+    assert_eq!(outcome, Outcome::Retry("timed out after 1s".to_owned()));
+}
+
+#[test]
+fn stand_in_bridge_down_is_refused_and_retry() {
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Down);
+    // The stand-in closes its listener on its next turn; wait until connecting fails.
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(bridge.addr).is_err()
+    }));
+    let outcome = Bridge::new(&bridge.url, "box", Duration::from_secs(5)).send("x");
+    assert_eq!(outcome, Outcome::Retry("connection refused".to_owned()));
 }
