@@ -795,6 +795,10 @@ fn parse_ini(text: &str) -> Result<Config, ConfigError> {
         {
             value = &value[1..value.len() - 1];
         }
+        // configparser's interpolation made `%%` the way to write a `%` (in a URL's
+        // percent-escapes, say); the original read the value with it undone.
+        let unescaped = value.replace("%%", "%");
+        let value = unescaped.as_str();
         if key.is_empty() {
             return Err(invalid(
                 Some(n),
@@ -850,10 +854,10 @@ fn parse_ini(text: &str) -> Result<Config, ConfigError> {
                 "`listen` and `smtphost`/`smtpport` both set: use one or the other".to_owned(),
             ));
         }
+        // The original's defaults for whichever of the two is missing.
         let port = smtpport.map_or(25, |p| p.0);
-        let (host, line) = smtphost.unwrap_or_else(|| ("localhost".to_owned(), 0));
-        let line = if line == 0 { key_line } else { Some(line) };
-        config.listen = resolve_listen(&host, port).map_err(|m| invalid(line, m))?;
+        let host = smtphost.map_or_else(|| "localhost".to_owned(), |h| h.0);
+        config.listen = resolve_listen(&host, port).map_err(|m| invalid(key_line, m))?;
     }
     Ok(config)
 }
@@ -1304,6 +1308,11 @@ group = nogroup
         );
         assert_eq!(c.username, "nobody");
         assert_eq!(c.group, "nogroup");
+        let c = Config::parse("[DEFAULT]\nqueue = http://h/replies?a=%%41\n").unwrap();
+        assert_eq!(
+            c.queue, "http://h/replies?a=%41",
+            "configparser's %% escape"
+        );
         // Untouched keys keep their defaults.
         let d = Config::default();
         assert_eq!(c.spool_dir, d.spool_dir);
