@@ -381,3 +381,50 @@ fn stand_in_bridge_down_is_refused_and_retry() {
     let outcome = Bridge::new(&bridge.url, "box", Duration::from_secs(5)).send("x");
     assert_eq!(outcome, Outcome::Retry("connection refused".to_owned()));
 }
+
+/// The body is byte for byte what Python's `json.dumps` (the bridge's own language, and
+/// what the original sent) writes for the same strings.
+#[test]
+fn body_matches_pythons_json_dumps() {
+    if !common::require_tool("python3") {
+        return;
+    }
+    let samples: &[(&str, &str)] = &[
+        ("web1", "plain"),
+        (
+            "naïve 🖥",
+            "From: Jörg\nSubject: Grüße 😀 日本語\r\n\u{0}\u{1f}\u{7f}\u{80}\u{ff}",
+        ),
+        (
+            "q\"b\\s/",
+            "tab\t bs\u{8} ff\u{c} 𝄞 \u{fffd}\u{feff}\u{10ffff}",
+        ),
+    ];
+    for (name, reply) in samples {
+        // Hand Python the strings through serde_json, which it decodes to the same text.
+        let input = serde_json::to_string(&[name, reply]).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json,sys; n,r=json.load(sys.stdin); \
+                 sys.stdout.write(json.dumps({'name': n, 'reply': r}))",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            json_body(name, reply),
+            String::from_utf8(out.stdout).unwrap(),
+            "{name:?} {reply:?}"
+        );
+    }
+}
