@@ -1308,15 +1308,27 @@ group = nogroup
         );
         assert_eq!(c.username, "nobody");
         assert_eq!(c.group, "nogroup");
-        let c = Config::parse("[DEFAULT]\nqueue = http://h/replies?a=%%41\n").unwrap();
-        assert_eq!(
-            c.queue, "http://h/replies?a=%41",
-            "configparser's %% escape"
-        );
+
         // Untouched keys keep their defaults.
         let d = Config::default();
         assert_eq!(c.spool_dir, d.spool_dir);
         assert_eq!(c.allowed_clients, d.allowed_clients);
+        // configparser's %% escape.
+        let escaped = Config::parse("[DEFAULT]\nqueue = http://h/replies?a=%%41\n").unwrap();
+        assert_eq!(escaped.queue, "http://h/replies?a=%41");
+        // The keys of the TOML form work in the INI form too.
+        let more = Config::parse(
+            "[DEFAULT]\nallowed_clients = 10.0.0.0/8, ::1/128\nmax_body_chars = 9\n\
+             strict_recipients = yes\nname = box one\n",
+        )
+        .unwrap();
+        assert_eq!(
+            more.allowed_clients,
+            vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+        );
+        assert_eq!(more.max_body_chars, 9);
+        assert!(more.strict_recipients);
+        assert_eq!(more.name, "box one");
     }
 
     #[test]
