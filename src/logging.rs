@@ -7,11 +7,16 @@
 //! `1A2B3C: to=<a@b>, status=sent (bridge answered 200)`,
 //! `1A2B3C: status=deferred (connection refused)`. Never a message body.
 //!
+//! When a line cannot reach syslog (no `/dev/log`, as in a container), it goes to stderr if
+//! it is a warning or an error, or if stderr is a terminal. Lesser lines stay off a stderr
+//! that is a pipe, as Postfix's own `sendmail` keeps them: programs that call `sendmail`
+//! (PHP, git send-email) show or log whatever it prints, and must not see chatter from us.
+//!
 //! Warnings and errors get Postfix's `warning: ` and `error: ` prefixes. Carriage returns,
 //! line feeds and other control characters in a message are escaped (`\n`, `\x1b`), so a
 //! header value from a client can neither split a log line nor forge one.
 
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -37,6 +42,7 @@ pub fn init(ident: &str, level: LogLevel, stderr_too: bool) {
         MailLog {
             level: AtomicU8::new(encode(level)),
             stderr_too: AtomicBool::new(stderr_too),
+            stderr_is_terminal: io::stderr().is_terminal(),
             syslog: Mutex::new(SyslogSink::new(ident, None, RECONNECT_INTERVAL)),
         }
     });
@@ -81,6 +87,7 @@ struct MailLog {
     /// The [`LogLevel`], encoded, so a reload needs no lock.
     level: AtomicU8,
     stderr_too: AtomicBool,
+    stderr_is_terminal: bool,
     syslog: Mutex<SyslogSink>,
 }
 
@@ -108,7 +115,9 @@ impl log::Log for MailLog {
         // invariant a half-finished send could break.
         let mut sink = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
         let sent = sink.send(record.level(), &line);
-        if !sent || self.stderr_too.load(Ordering::Relaxed) {
+        if self.stderr_too.load(Ordering::Relaxed)
+            || (!sent && fallback_to_stderr(record.level(), self.stderr_is_terminal))
+        {
             sink.write_stderr(&line);
         }
     }
@@ -116,6 +125,11 @@ impl log::Log for MailLog {
     fn flush(&self) {
         let _ = io::stderr().flush();
     }
+}
+
+/// Whether a line that did not reach syslog is written to stderr instead.
+fn fallback_to_stderr(level: log::Level, stderr_is_terminal: bool) -> bool {
+    level <= log::Level::Warn || stderr_is_terminal
 }
 
 /// The text of one line: the Postfix-style severity prefix, then the message made safe.
@@ -325,6 +339,21 @@ mod tests {
             "ABC: status=sent"
         );
         assert_eq!(render(log::Level::Debug, "d"), "d");
+    }
+
+    #[test]
+    fn stderr_fallback_rule() {
+        let table = [
+            (log::Level::Error, false, true),
+            (log::Level::Warn, false, true),
+            (log::Level::Info, false, false),
+            (log::Level::Debug, false, false),
+            (log::Level::Info, true, true),
+            (log::Level::Debug, true, true),
+        ];
+        for (level, tty, want) in table {
+            assert_eq!(fallback_to_stderr(level, tty), want, "{level} tty={tty}");
+        }
     }
 
     #[test]
