@@ -32,7 +32,7 @@
 //!
 //! Every field value is escaped: bytes outside `!`..`~`, and `%` itself, are written `%XX`, so a
 //! hostile address can never start a new header line or split a field, and the header stays
-//! plain ASCII. The origin is `origin smtp PEER HELO` or `origin local UID USER`. The raw
+//! plain ASCII. Times are kept to the microsecond. The origin is `origin smtp PEER HELO` or `origin local UID USER`. The raw
 //! message's size is the file's length minus the header's. The header is at most
 //! [`MAX_HEADER_BYTES`] long, each line at most [`MAX_HEADER_LINE`]; anything else (a wrong
 //! first line, an unknown key, a missing field, bad escapes, no blank line) is a
