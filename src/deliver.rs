@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
@@ -182,7 +182,7 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
             pass.report.failed += 1;
             continue;
         }
-        let next = now + backoff(entry.attempts.saturating_add(1));
+        let next = ceil_micros(now + backoff(entry.attempts.saturating_add(1)));
         spool.defer(&entry.id, next, &reason)?;
         if permanent {
             log::error!(
@@ -212,6 +212,17 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         log::warn!("cannot update the backlog marker: {e}");
     }
     Ok(pass)
+}
+
+/// `t` rounded up to the microsecond, the precision the spool keeps, so that the time in the
+/// report is the one on disk and never earlier than the backoff asks.
+fn ceil_micros(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.subsec_nanos() % 1000 != 0 => {
+            t + Duration::from_nanos(u64::from(1000 - d.subsec_nanos() % 1000))
+        }
+        _ => t,
+    }
 }
 
 /// `to=<a@b>` for a log line: the first recipient and how many there are in all.
@@ -448,6 +459,21 @@ mod tests {
         ];
         for (secs, text) in table {
             assert_eq!(human(Duration::from_secs(secs)), text);
+        }
+    }
+
+    #[test]
+    fn next_attempts_round_up_to_the_microsecond() {
+        let t = |nanos: u64| UNIX_EPOCH + Duration::from_nanos(nanos);
+        let table = [
+            (0, 0),
+            (1, 1000),
+            (999, 1000),
+            (1000, 1000),
+            (1_000_001, 1_001_000),
+        ];
+        for (given, want) in table {
+            assert_eq!(ceil_micros(t(given)), t(want), "{given}");
         }
     }
 
