@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use common::{Behaviour, StandInBridge, TestDir};
 use lettre::message::Message;
 use lettre::{SmtpTransport, Transport};
+use nix::sys::resource::Resource;
+use std::os::unix::process::CommandExt;
 
 /// Generous bound for things that take milliseconds when all is well.
 const SOON: Duration = Duration::from_secs(20);
@@ -44,19 +46,58 @@ impl Daemon {
         Daemon::spawn(dir, config, port)
     }
 
+    /// Like [`Daemon::start`], with a resource limit set on the daemon process.
+    fn start_limited(
+        dir: &TestDir,
+        bridge: &StandInBridge,
+        extra: &str,
+        limit: (Resource, u64),
+    ) -> Daemon {
+        let port = common::free_port();
+        let config = common::write_config(
+            &dir.path,
+            &bridge.url,
+            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+        );
+        Daemon::spawn_with(dir, config, port, Some(limit))
+    }
+
     /// Starts the daemon on an existing config (a restart).
     fn spawn(dir: &TestDir, config: PathBuf, port: u16) -> Daemon {
+        Daemon::spawn_with(dir, config, port, None)
+    }
+
+    fn spawn_with(
+        dir: &TestDir,
+        config: PathBuf,
+        port: u16,
+        limit: Option<(Resource, u64)>,
+    ) -> Daemon {
         let log = unique(dir.join("daemon"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(common::daemon_bin())
-            .arg("--config")
+        let mut cmd = Command::new(common::daemon_bin());
+        cmd.arg("--config")
             .arg(&config)
             .arg("--foreground")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start smtp_bridge");
+            .stderr(file);
+        if let Some((resource, value)) = limit {
+            // SAFETY: only async-signal-safe calls (setrlimit, sigaction) between fork and
+            // exec. SIGXFSZ is ignored so that a write past RLIMIT_FSIZE fails with EFBIG,
+            // as a full disk fails a write, instead of killing the daemon.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(resource, value, value)?;
+                    nix::sys::signal::signal(
+                        nix::sys::signal::Signal::SIGXFSZ,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    )?;
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start smtp_bridge");
         let mut d = Daemon {
             child: Some(child),
             port,
@@ -700,6 +741,85 @@ fn twenty_clients_of_20_mib_each_stay_under_64_mib() {
         .unwrap();
     eprintln!("daemon peak RSS (VmHWM): {hwm_kib} KiB");
     assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
+}
+
+#[test]
+fn unwritable_spool_answers_452_and_the_session_goes_on() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("eacces");
+    let d = Daemon::start(&dir, &bridge, "");
+    let queue = dir.path.join("spool").join("queue");
+    let mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let mut c = greeted(d.port);
+    mode(0o500);
+    let r = c.message(
+        "a@example.org",
+        &["root"],
+        &simple("cannot be spooled", "x"),
+    );
+    mode(0o700);
+    assert_eq!(r.0, 452, "{:?}", r.1);
+    assert!(r.1.contains("4.3.1"), "{:?}", r.1);
+    queued(&c.message(
+        "a@example.org",
+        &["root"],
+        &simple("spooled after all", "x"),
+    ));
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("spooled after all"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn full_disk_answers_452_never_250_and_the_session_goes_on() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("efbig");
+    // A file size limit makes every write past 256 KiB fail, as a full disk would.
+    let d = Daemon::start_limited(&dir, &bridge, "", (Resource::RLIMIT_FSIZE, 256 * 1024));
+    let mut c = greeted(d.port);
+    let big = "x".repeat(76) + "\r\n";
+    let r = c.message(
+        "a@example.org",
+        &["root"],
+        &simple("does not fit", &big.repeat(16 * 1024)),
+    );
+    assert_eq!(r.0, 452, "{:?}", r.1);
+    assert!(r.1.contains("4.3.1"), "{:?}", r.1);
+    queued(&c.message("a@example.org", &["root"], &simple("fits", "small")));
+    c.expect("QUIT", 221);
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("fits"), "{}", got[0].reply);
+    // The failed message left no file behind.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(bridge.received().len(), 1);
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accept_and_serves_everyone_later() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("emfile");
+    // Few descriptors: most of the 40 clients wait in the listen queue until others leave.
+    let d = Daemon::start_limited(&dir, &bridge, "", (Resource::RLIMIT_NOFILE, 32));
+    let clients: Vec<Client> = (0..40).map(|_| d.client()).collect();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let (code, text) = c.reply();
+        assert_eq!(code, 220, "client {i}: {text}");
+        c.expect("QUIT", 221);
+    }
+    let mut c = greeted(d.port);
+    queued(&c.message(
+        "a@example.org",
+        &["root"],
+        &simple("after the squeeze", "x"),
+    ));
+    bridge.wait_for(1, SOON);
+    d.wait_log("pausing new connections");
 }
 
 // ---- limits and access ----------------------------------------------------------------

@@ -281,3 +281,112 @@ fn finish(spool: &Spool, batch: Batch, done: &Sender<Done>) -> bool {
     }
     results.into_iter().all(|r| done.send(r).is_ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Origin;
+    use std::time::{Instant, SystemTime};
+
+    struct TempSpool(std::path::PathBuf);
+
+    impl Drop for TempSpool {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn envelope(sender: &str, nrcpt: usize) -> Box<Envelope> {
+        Box::new(Envelope {
+            sender: sender.to_owned(),
+            recipients: (0..nrcpt).map(|i| format!("r{i}@example.org")).collect(),
+            origin: Origin::Smtp {
+                peer: "127.0.0.1:2525".parse().unwrap(),
+                helo: "client.test".to_owned(),
+            },
+            arrival: SystemTime::now(),
+        })
+    }
+
+    /// Collects `n` results, waiting on the waker's poll as the event loop would.
+    fn collect(poll: &mut mio::Poll, worker: &SpoolWorker, n: usize) -> Vec<Done> {
+        let mut events = mio::Events::with_capacity(8);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} results",
+                out.len()
+            );
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            while let Some(d) = worker.try_recv() {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn commits_in_order_acknowledges_writes_and_reports_failures() {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-worker-{}", std::process::id()));
+        let _cleanup = TempSpool(root.clone());
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let worker = SpoolWorker::spawn(spool.clone(), waker).unwrap();
+
+        // Three connections interleave their messages; one aborts, one commits nothing.
+        for conn in 1..=3 {
+            worker
+                .send(Job::Open {
+                    conn,
+                    envelope: envelope(&format!("s{conn}@example.org"), conn),
+                })
+                .unwrap();
+        }
+        for conn in 1..=3 {
+            let data = format!("Subject: {conn}\r\n\r\nbody {conn}\r\n").into_bytes();
+            worker.send(Job::Write { conn, data }).unwrap();
+        }
+        worker.send(Job::Abort { conn: 2 }).unwrap();
+        worker.send(Job::Commit { conn: 3 }).unwrap();
+        worker.send(Job::Commit { conn: 1 }).unwrap();
+        worker.send(Job::Commit { conn: 9 }).unwrap();
+
+        let results = collect(&mut poll, &worker, 3);
+        let mut acked = HashMap::new();
+        let mut committed = Vec::new();
+        let mut failed = Vec::new();
+        for r in results {
+            match r {
+                Done::Written { conn, bytes } => *acked.entry(conn).or_insert(0) += bytes,
+                Done::Committed {
+                    conn,
+                    result: Ok(c),
+                } => committed.push((conn, c)),
+                Done::Committed {
+                    conn,
+                    result: Err(e),
+                } => failed.push((conn, e)),
+            }
+        }
+        assert_eq!(acked.len(), 3, "{acked:?}");
+        assert_eq!(committed.len(), 2);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 9);
+        // Queue IDs follow commit order, and the log fields are right.
+        let (c3, c1) = (&committed[0], &committed[1]);
+        assert_eq!((c3.0, c1.0), (3, 1));
+        assert!(c3.1.id < c1.1.id);
+        assert_eq!(c3.1.sender, "s3@example.org");
+        assert_eq!(c3.1.nrcpt, 3);
+        assert_eq!(c3.1.size, "Subject: 3\r\n\r\nbody 3\r\n".len() as u64);
+        // Both are in the queue, the aborted one is not.
+        let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![c3.1.id.clone(), c1.1.id.clone()]);
+        worker.shutdown(Duration::from_secs(10));
+    }
+}
