@@ -284,6 +284,72 @@ fn swaks_over_bs() {
     );
 }
 
+/// Symfony Mailer's default transport, `sendmail -bs`, as Symfony and Laravel apps use it:
+/// one process, two messages, a Bcc, dot-stuffed lines.
+#[test]
+fn symfony_mailer_over_bs() {
+    const AUTOLOAD: &str = "/usr/share/php/Symfony/Component/Mailer/autoload.php";
+    if !common::require_tool("php") {
+        return;
+    }
+    if !Path::new(AUTOLOAD).is_file() {
+        assert!(
+            !common::under_ci(),
+            "php-symfony-mailer is required under CI"
+        );
+        eprintln!("SKIP: php-symfony-mailer not installed");
+        return;
+    }
+    let w = World::new("symfony");
+    let script = w.dir.join("send.php");
+    std::fs::write(
+        &script,
+        r#"<?php
+require '/usr/share/php/Symfony/Component/Mailer/autoload.php';
+require '/usr/share/php/Symfony/Component/Mime/autoload.php';
+use Symfony\Component\Mailer\Mailer;
+use Symfony\Component\Mailer\Transport\SendmailTransport;
+use Symfony\Component\Mime\Email;
+$mailer = new Mailer(new SendmailTransport($argv[1] . ' -bs'));
+for ($i = 1; $i <= 2; $i++) {
+    $mailer->send((new Email())
+        ->from('app@example.org')
+        ->to('ops@example.org')
+        ->bcc('audit@example.org')
+        ->subject("Symfony message $i \u{2713}")
+        ->text("Body $i\n.\n..two leading dots\nend"));
+}
+echo "sent\n";
+"#,
+    )
+    .unwrap();
+    let mut cmd = w.command("php");
+    cmd.arg(&script).arg(shim());
+    let out = run(cmd, b"");
+    assert_ok(&out, "symfony mailer");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "sent\n");
+    let got = w.bridge.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for (i, digest) in got.iter().enumerate() {
+        let n = i + 1;
+        assert_contains(
+            &digest.reply,
+            &[
+                &format!("Symfony message {n} \u{2713}"),
+                "app@example.org",
+                &format!("Body {n}"),
+                "..two leading dots",
+                "audit@example.org",
+            ],
+        );
+        assert!(
+            !digest.reply.contains("Bcc: audit@example.org"),
+            "{}",
+            digest.reply
+        );
+    }
+}
+
 /// A caller whose sendmail path is fixed, replayed: the argv it passes and what it writes.
 struct Replay {
     caller: &'static str,
