@@ -946,6 +946,13 @@ fn backlog_keeps_order() {
         got[0].contains("first") && got[1].contains("second"),
         "{got:?}"
     );
+    // Drained: new mail goes straight to the bridge again.
+    w.call(&["a@x"])
+        .stdin(b"Subject: third\n\n3\n")
+        .run()
+        .assert_silent_success();
+    assert_eq!(w.bridge.received().len(), 3);
+    assert!(w.queued().is_empty());
 }
 
 #[test]
