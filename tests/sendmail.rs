@@ -974,4 +974,15 @@ fn smtp_on_stdin() {
         got[0]
     );
     assert!(!got[0].contains("..stuffed"), "{}", got[0]);
+    // Bridge down: the session still gets 250 once the message is in the spool.
+    w.bridge.set_behaviour(Behaviour::Down);
+    let out = w.call(&["-bs"]).stdin(session).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(" queued as "), "{}", out.stdout);
+    let q = w.queued();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].envelope.sender, "app@x");
+    assert_eq!(q[0].envelope.recipients, vec!["r@y".to_string()]);
+    let (_, raw) = Spool::new(w.spool()).read(&q[0].id, 1 << 20).unwrap();
+    assert!(raw.windows(10).any(|win| win == b".stuffed\r\n"), "{raw:?}");
 }
