@@ -64,7 +64,7 @@ fn assert_sane(d: &Digest, max_body_chars: usize) -> String {
         !r.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
         "control characters in {r:?}"
     );
-    assert!(!r.lines().any(|l| is_base64_line(l)), "base64 in {r}");
+    assert!(!r.lines().any(is_base64_line), "base64 in {r}");
     r
 }
 
