@@ -62,13 +62,11 @@ pub fn defuse(raw: &[u8]) -> Cow<'_, [u8]> {
                 buf.push(b' ');
                 buf.extend_from_slice(replacement.as_bytes());
                 copied = type_end;
-                // The type may have been folded over several lines: go on after it, so
-                // that a rewritten stretch is never looked at (or copied) twice.
-                next_line = raw[type_end..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(raw.len(), |p| type_end + p + 1);
             }
+            // Go on after the whole (folded) header: its continuation lines are part of
+            // this value, and skipping them means every byte is looked at once, so a
+            // header folded over a million lines costs linear time, not quadratic.
+            next_line = header_end(raw, type_end) + 1;
         }
         line_start = next_line;
     }
@@ -81,14 +79,32 @@ pub fn defuse(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// The offset of the `\n` ending the folded header that `from` is in (or the input's
+/// length): the first line end not followed by a space or tab.
+fn header_end(raw: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(p) = raw
+        .get(i..)
+        .and_then(|r| r.iter().position(|&b| b == b'\n'))
+    {
+        i += p;
+        if !matches!(raw.get(i + 1), Some(b' ' | b'\t')) {
+            return i;
+        }
+        i += 1;
+    }
+    raw.len()
+}
+
 /// If `line` is a `Content-Type` header line, the offset of its value (after the colon).
 fn content_type_value(line: &[u8]) -> Option<usize> {
     const NAME: &[u8] = b"content-type";
     let mut matched = 0usize;
     for (i, &b) in line.iter().enumerate() {
         match b {
-            // mail-parser skips whitespace anywhere in a header name and colons before it.
-            b' ' | b'\t' | b'\r' => {}
+            // mail-parser skips ASCII whitespace (form feed included) anywhere in a header
+            // name, and colons before it.
+            _ if b.is_ascii_whitespace() => {}
             b':' if matched == 0 => {}
             b':' => return (matched == NAME.len()).then_some(i + 1),
             _ => {
@@ -209,6 +225,30 @@ mod tests {
             assert_eq!(defused(input), *want, "{input:?}");
         }
         assert!(matches!(defuse(b"Subject: x\n\nbody"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn header_end_cases() {
+        let cases: &[(&str, usize, usize)] = &[
+            ("a\nb", 0, 1),
+            ("a\n b\n\tc\nd", 0, 7),
+            ("a\n b", 0, 4),
+            ("abc", 0, 3),
+            ("", 0, 0),
+        ];
+        for (input, from, want) in cases {
+            assert_eq!(header_end(input.as_bytes(), *from), *want, "{input:?}");
+        }
+    }
+
+    /// A header folded over many lines that each look like a Content-Type is scanned once
+    /// (this would take hours if every continuation line were rescanned to the end).
+    #[test]
+    fn long_folded_header_is_linear() {
+        let raw = "Content-Type: text/plain; x=(\n".to_string()
+            + &" Content-Type: (\n".repeat(200_000)
+            + " Content-Type: message/rfc822\n\nbody\n";
+        assert!(matches!(defuse(raw.as_bytes()), Cow::Borrowed(_)));
     }
 
     /// The measured crash: 10,000 nested messages. With defusing, parse and drop are flat.
