@@ -274,7 +274,8 @@ fn from_message(
 ) -> Digest {
     let subject = msg
         .subject()
-        .map(|s| one_line(s, headers::SUBJECT_MAX))
+        .map(|s| headers::legacy_subject(msg, s).unwrap_or_else(|| s.to_string()))
+        .map(|s| one_line(&s, headers::SUBJECT_MAX))
         .unwrap_or_default();
 
     let header_from = msg
