@@ -77,7 +77,7 @@ pub fn backoff(attempts: u32) -> Duration {
 /// Ingests the maildrop first. Takes the runner lock; returns an empty report when another
 /// process holds it.
 pub fn run_once(config: &Config, force: bool) -> io::Result<RunReport> {
-    run_pass(config, force, &AtomicBool::new(false)).map(|pass| pass.report)
+    run_pass(config, force, &AtomicBool::new(false), false).map(|pass| pass.report)
 }
 
 /// A pass as the delivery thread sees it: the report, plus what it needs to log state
@@ -89,10 +89,14 @@ struct Pass {
     locked_out: bool,
     /// Why the last attempt of this pass failed, if one did.
     last_error: Option<String>,
+    /// Whether that failure was a permanent answer (a 4xx: the configuration looks wrong).
+    last_permanent: bool,
 }
 
-/// One pass; stops early (after the request in flight) when `stop` is set.
-fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass> {
+/// One pass; stops early (after the request in flight) when `stop` is set. With `quiet`
+/// (the delivery thread already said the bridge is failing), deferrals are logged at debug
+/// level only.
+fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io::Result<Pass> {
     let spool = Spool::new(&config.spool_dir);
     let Some(_lock) = spool.lock_runner(false)? else {
         log::debug!("queue run skipped: another runner holds the lock");
@@ -163,6 +167,7 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         };
         let reason = escape_reason(&reason);
         pass.last_error = Some(reason.clone());
+        pass.last_permanent = permanent;
         let age = now
             .duration_since(entry.envelope.arrival)
             .unwrap_or(Duration::ZERO);
@@ -184,8 +189,14 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         }
         let next = ceil_micros(now + backoff(entry.attempts.saturating_add(1)));
         spool.defer(&entry.id, next, &reason)?;
+        let level = match (quiet, permanent) {
+            (true, _) => log::Level::Debug,
+            (false, true) => log::Level::Error,
+            (false, false) => log::Level::Info,
+        };
         if permanent {
-            log::error!(
+            log::log!(
+                level,
                 "{}: {}, delay={}, status=deferred ({reason}); the bridge refused the request: the queue URL or name in the configuration looks wrong; retrying in {}",
                 entry.id,
                 recipients_field(&entry),
@@ -193,7 +204,8 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
                 human(next.duration_since(now).unwrap_or(Duration::ZERO))
             );
         } else {
-            log::info!(
+            log::log!(
+                level,
                 "{}: {}, delay={}, status=deferred ({reason}); retrying in {}",
                 entry.id,
                 recipients_field(&entry),
@@ -271,8 +283,9 @@ enum Command {
 /// The daemon's background delivery thread.
 ///
 /// It runs a pass at start, whenever it is nudged (new mail), and when the head of the queue
-/// is due again. It logs state changes once: when the bridge starts failing and when it
-/// takes messages again, not at every retry (each deferral still has its own info line).
+/// is due again. It logs state changes once: a warning when the bridge starts failing (an
+/// error when it refuses our requests, which points at the configuration) and an info line
+/// when it takes messages again. Retries in between are logged at debug level only.
 #[derive(Debug)]
 pub struct DeliveryThread {
     commands: Sender<Command>,
@@ -350,9 +363,12 @@ impl DeliveryThread {
 /// Whether the bridge is taking messages, as far as the thread last saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BridgeState {
+    /// No attempt yet.
     Unknown,
+    /// The last attempt was delivered.
     Up,
-    Failing,
+    /// The last attempt failed; `permanent` when the bridge refused the request (4xx).
+    Failing { permanent: bool },
 }
 
 fn run_thread(
@@ -392,19 +408,31 @@ fn run_thread(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        due = match run_pass(&config, false, stop) {
+        let quiet = matches!(state, BridgeState::Failing { .. });
+        due = match run_pass(&config, false, stop, quiet) {
             Ok(pass) if pass.locked_out => Some(Instant::now() + LOCKED_RETRY),
             Ok(pass) => {
                 let report = &pass.report;
-                if report.deferred > 0 && state != BridgeState::Failing {
-                    log::warn!(
-                        "delivery paused: the bridge is not taking messages ({}); {} message(s) waiting",
-                        pass.last_error.as_deref().unwrap_or("unknown reason"),
-                        report.deferred + report.waiting
-                    );
-                    state = BridgeState::Failing;
-                } else if report.delivered > 0 && report.deferred == 0 {
-                    if state == BridgeState::Failing {
+                let reason = pass.last_error.as_deref().unwrap_or("unknown reason");
+                let waiting = report.deferred + report.waiting;
+                if report.deferred > 0 {
+                    let failing = BridgeState::Failing {
+                        permanent: pass.last_permanent,
+                    };
+                    if state != failing && pass.last_permanent {
+                        log::error!(
+                            "delivery paused: the bridge refuses our requests ({reason}): the queue URL or name in the configuration looks wrong; {waiting} message(s) waiting, retried every {} at most",
+                            human(BACKOFF_CAP)
+                        );
+                    } else if state != failing {
+                        log::warn!(
+                            "delivery paused: the bridge is not taking messages ({reason}); {waiting} message(s) waiting, retried every {} at most",
+                            human(BACKOFF_CAP)
+                        );
+                    }
+                    state = failing;
+                } else if report.delivered > 0 {
+                    if quiet {
                         log::info!("delivery resumed: the bridge takes messages again");
                     }
                     state = BridgeState::Up;

@@ -664,7 +664,14 @@ impl Spool {
             .as_bytes(),
             0o600,
         )?;
-        fs::rename(path, failed.join(&id.0))?;
+        let reason_file = failed.join(format!("{id}{REASON_SUFFIX}"));
+        if let Err(e) = fs::rename(path, failed.join(&id.0)) {
+            // Keep the entry where it is (it is refused again next time) rather than lose it,
+            // and leave no reason without its message.
+            log::error!("cannot move maildrop entry {shown} to failed/: {e}");
+            remove_if_exists(&reason_file)?;
+            return Ok(());
+        }
         fsync_dir(&failed)
     }
 
