@@ -13,6 +13,7 @@
 //! | `queue/` | 0700 | accepted messages waiting for delivery, one file each, named by queue ID |
 //! | `failed/` | 0700 | messages that ran out of lifetime, with the reason |
 //! | `queue.lock` | 0600 | flock'd by whoever runs the queue ([`Spool::lock_runner`]) |
+//! | `maildrop.lock` | 0600 | flock'd while the maildrop is ingested |
 //! | `backlog` | 0644 | present while delivery is backed up ([`Spool::set_backlog`]) |
 //!
 //! # Files
@@ -515,6 +516,10 @@ impl Spool {
     /// commit order; its origin becomes the file owner's uid, whatever the header claimed.
     /// The maildrop entry is unlinked only after the copy in `queue/` is durable.
     pub fn ingest_maildrop(&self, max_size: u64) -> io::Result<IngestReport> {
+        // Two ingestions at once (`mailq` beside a delivery pass) would copy the same entry
+        // twice; a lock of its own (not the runner lock, which the caller may hold) keeps
+        // them one after the other.
+        let _ingesting = self.lock_file("maildrop.lock", true)?;
         let dir = self.maildrop_dir();
         remove_stale_temps(&dir)?;
         let mut names: Vec<OsString> = read_names(&dir)?
@@ -806,6 +811,13 @@ impl Spool {
 
     /// Takes the queue-runner lock; `None` when another process holds it and `wait` is false.
     pub fn lock_runner(&self, wait: bool) -> io::Result<Option<RunnerLock>> {
+        Ok(self
+            .lock_file("queue.lock", wait)?
+            .map(|lock| RunnerLock { _file: lock }))
+    }
+
+    /// An exclusive flock on `root/name` (created 0600 for the spool owner).
+    fn lock_file(&self, name: &str, wait: bool) -> io::Result<Option<Flock<File>>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -813,7 +825,7 @@ impl Spool {
             .truncate(false)
             .mode(0o600)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(self.root.join("queue.lock"))?;
+            .open(self.root.join(name))?;
         adopt(&file, &self.root)?;
         let arg = if wait {
             FlockArg::LockExclusive
@@ -823,7 +835,7 @@ impl Spool {
         let mut file = file;
         loop {
             match Flock::lock(file, arg) {
-                Ok(lock) => return Ok(Some(RunnerLock { _file: lock })),
+                Ok(lock) => return Ok(Some(lock)),
                 Err((_, Errno::EWOULDBLOCK)) if !wait => return Ok(None),
                 Err((f, Errno::EINTR)) => file = f,
                 Err((_, errno)) => return Err(errno.into()),

@@ -676,3 +676,31 @@ fn runner_lock_is_exclusive_and_backlog_marker_is_public() {
     spool.set_backlog(false).unwrap();
     assert!(!spool.has_backlog());
 }
+
+#[test]
+fn concurrent_ingestions_copy_each_entry_once() {
+    let dir = TestDir::new("spool-ingest-race");
+    let spool = prepared(&dir);
+    let dropped: Vec<QueueId> = (0..40)
+        .map(|n| {
+            drop_message(
+                &spool,
+                &envelope("s@x", &["r@x"]),
+                format!("{n}").as_bytes(),
+            )
+        })
+        .collect();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let spool = spool.clone();
+            std::thread::spawn(move || spool.ingest_maildrop(1 << 20).unwrap().accepted)
+        })
+        .collect();
+    let accepted: usize = racers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(accepted, 40);
+    let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        listed, dropped,
+        "each once, in order, under its maildrop ID"
+    );
+}
