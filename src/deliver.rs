@@ -115,32 +115,41 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io:
         // What is already queued can still go out; the maildrop is tried again next pass.
         Err(e) => log::error!("cannot ingest the maildrop: {e}"),
     }
-    let scan = spool.scan()?;
+    // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
+    // the whole queue, however long the bridge has been down.
+    let ids = spool.ids()?;
     let mut pass = Pass::default();
-    for (id, reason) in &scan.corrupt {
-        let reason = format!("unreadable spool file: {reason}");
-        log::error!("{id}: status=failed ({reason})");
-        spool.fail(id, &reason)?;
-        pass.report.failed += 1;
-    }
     let bridge = Bridge::new(&config.queue, &config.name, config.bridge_timeout);
     let options = DigestOptions {
         max_body_chars: config.max_body_chars,
         hostname: config.hostname.clone(),
     };
-    let total = scan.entries.len();
-    for (index, entry) in scan.entries.iter().enumerate() {
+    let total = ids.len();
+    for (index, id) in ids.iter().enumerate() {
         let remaining = total - index;
         let now = SystemTime::now();
+        let entry = match spool.entry(id) {
+            Ok(entry) => entry,
+            // Removed since the listing (by an administrator: runners hold the lock).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // Its header is damaged: it can never be delivered, and must not block the
+                // queue. Kept in failed/ for a human.
+                let reason = format!("unreadable spool file: {e}");
+                spool.fail(id, &reason)?;
+                log::error!("{id}: status=failed ({reason}); moved to failed/");
+                pass.report.failed += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if stop.load(Ordering::SeqCst) || (!force && entry.next_attempt > now) {
             pass.report.waiting = remaining;
             pass.report.next_due = Some(entry.next_attempt.max(now));
             break;
         }
-        let (entry, raw) = match spool.read(&entry.id, MAX_PARSE_BYTES) {
+        let (entry, raw) = match spool.read(id, MAX_PARSE_BYTES) {
             Ok(read) => read,
-            // Removed since the scan (a runner without the lock cannot exist, but an
-            // administrator can).
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };

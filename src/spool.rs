@@ -379,11 +379,11 @@ pub struct IngestReport {
 
 /// The result of one look at `queue/`: what can be delivered, and what cannot even be read.
 #[derive(Debug, Default)]
-pub(crate) struct Scan {
+struct Scan {
     /// Readable messages, oldest first.
-    pub(crate) entries: Vec<QueueEntry>,
+    entries: Vec<QueueEntry>,
     /// Messages whose header does not parse, with the reason.
-    pub(crate) corrupt: Vec<(QueueId, String)>,
+    corrupt: Vec<(QueueId, String)>,
 }
 
 /// The spool directory.
@@ -692,16 +692,27 @@ impl Spool {
         Ok(scan.entries)
     }
 
-    /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
-    pub(crate) fn scan(&self) -> io::Result<Scan> {
+    /// The IDs of the messages in `queue/`, oldest first, without reading any of them.
+    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
         let mut ids: Vec<QueueId> = read_names(&self.queue_dir())?
             .into_iter()
             .filter(|n| is_id(n.as_bytes()))
             .map(|n| QueueId(n.to_string_lossy().into_owned()))
             .collect();
         ids.sort();
+        Ok(ids)
+    }
+
+    /// One message's entry (envelope, size, retry state) without its content. An
+    /// `InvalidData` error means its header is damaged.
+    pub fn entry(&self, id: &QueueId) -> io::Result<QueueEntry> {
+        self.open_entry(id).map(|(entry, _)| entry)
+    }
+
+    /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
+    fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();
-        for id in ids {
+        for id in self.ids()? {
             match self.open_entry(&id) {
                 Ok((entry, _)) => scan.entries.push(entry),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
