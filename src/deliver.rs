@@ -42,6 +42,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// How long the delivery thread waits before trying again after a pass that failed on the
 /// spool itself (a disk error, not the bridge).
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
+/// How often the delivery thread looks at an idle spool: `sendmail` run by an ordinary user
+/// leaves mail in the maildrop and has no way to wake the daemon, so this bounds how long
+/// such mail waits before its first attempt.
+pub const MAILDROP_POLL: Duration = Duration::from_secs(30);
 /// How long the delivery thread waits when another runner (`sendmail -q`) holds the lock.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
@@ -291,8 +295,8 @@ enum Command {
 
 /// The daemon's background delivery thread.
 ///
-/// It runs a pass at start, whenever it is nudged (new mail), and when the head of the queue
-/// is due again. It logs state changes once: a warning when the bridge starts failing (an
+/// It runs a pass at start, whenever it is nudged (new mail), when the head of the queue is
+/// due again, and every [`MAILDROP_POLL`] while idle (for the maildrop). It logs state changes once: a warning when the bridge starts failing (an
 /// error when it refuses our requests, which points at the configuration) and an info line
 /// when it takes messages again. Retries in between are logged at debug level only.
 #[derive(Debug)]
@@ -310,6 +314,12 @@ pub struct DeliveryThread {
 impl DeliveryThread {
     /// Starts the thread; it runs passes when nudged and when the next attempt is due.
     pub fn spawn(config: Config) -> io::Result<DeliveryThread> {
+        DeliveryThread::spawn_polling(config, MAILDROP_POLL)
+    }
+
+    /// [`DeliveryThread::spawn`] with another interval between two looks at an idle spool
+    /// than [`MAILDROP_POLL`] (tests; a box that wants local mail picked up sooner).
+    pub fn spawn_polling(config: Config, poll: Duration) -> io::Result<DeliveryThread> {
         let (commands, inbox) = mpsc::channel();
         let (done, finished) = mpsc::channel();
         let nudged = Arc::new(AtomicBool::new(false));
@@ -319,7 +329,7 @@ impl DeliveryThread {
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
-                    run_thread(config, inbox, &nudged, &stop);
+                    run_thread(config, poll, inbox, &nudged, &stop);
                     let _ = done.send(());
                 })?
         };
@@ -382,24 +392,19 @@ enum BridgeState {
 
 fn run_thread(
     mut config: Config,
+    poll: Duration,
     inbox: Receiver<Command>,
     nudged: &AtomicBool,
     stop: &AtomicBool,
 ) {
     let mut state = BridgeState::Unknown;
     // A pass at start delivers what the last run left behind.
-    let mut due: Option<Instant> = Some(Instant::now());
+    let mut due = Instant::now();
     loop {
-        let command = match due {
-            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
-            None => match inbox.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            },
+        let command = match inbox.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         // Take everything already waiting, so that a burst of nudges is one pass.
         let mut commands: Vec<Command> = command.into_iter().collect();
@@ -419,7 +424,7 @@ fn run_thread(
         }
         let quiet = matches!(state, BridgeState::Failing { .. });
         due = match run_pass(&config, false, stop, quiet) {
-            Ok(pass) if pass.locked_out => Some(Instant::now() + LOCKED_RETRY),
+            Ok(pass) if pass.locked_out => Instant::now() + LOCKED_RETRY,
             Ok(pass) => {
                 let report = &pass.report;
                 let reason = pass.last_error.as_deref().unwrap_or("unknown reason");
@@ -446,16 +451,21 @@ fn run_thread(
                     }
                     state = BridgeState::Up;
                 }
-                report.next_due.map(|at| {
-                    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
-                })
+                // Nothing waiting: look again after `poll` all the same, for what `sendmail`
+                // left in the maildrop (it cannot nudge us).
+                match report.next_due {
+                    Some(at) => {
+                        Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+                    }
+                    None => Instant::now() + poll,
+                }
             }
             Err(e) => {
                 log::error!(
                     "delivery pass failed: {e}; retrying in {}",
                     human(SPOOL_ERROR_RETRY)
                 );
-                Some(Instant::now() + SPOOL_ERROR_RETRY)
+                Instant::now() + SPOOL_ERROR_RETRY
             }
         };
     }
