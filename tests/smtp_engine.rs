@@ -244,12 +244,12 @@ const SCRIPTS: &[Script] = &[
         input: b"\r\n\x00\x01garbage\r\nFROB x\r\nVRFY root\r\nEXPN staff\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\
                  HELP\r\nRCPT TO:<a@b>\r\nDATA\r\nHELO\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b> FOO=1\r\n\
                  MAIL FROM:<a@b> BODY=9BIT\r\nMAIL FROM:<a@b> SIZE=101\r\nMAIL FROM:<a@b> SIZE=100\r\n\
-                 MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
+                 MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
                  RCPT TO:<d@b>\r\nDATA x\r\nRSET x\r\nQUIT x\r\nRSET\r\nQUIT\r\nNOOP\r\n",
         replies: &["220", "500 5.5.2", "500 5.5.2", "502 5.5.1", "252 2.5.0", "502 5.5.1",
                    "502 5.5.1", "502 5.5.1", "214", "503 5.5.1", "503 5.5.1", "501 5.5.4",
                    "501 5.1.7", "555 5.5.4", "501 5.5.4", "552 5.3.4", "250 2.1.0", "503 5.5.1",
-                   "503 5.5.1", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
+                   "250 mx.test", "503 5.5.1", "250 2.1.0", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
                    "501 5.5.4", "501 5.5.4", "501 5.5.4", "250 2.0.0", "221 2.0.0"],
         messages: &[],
         closed: true,
@@ -334,15 +334,18 @@ const SCRIPTS: &[Script] = &[
         closed: false,
     },
     Script {
-        name: "RSET, BDAT error and QUIT between chunks abort the message",
+        name: "RSET, BDAT error, EHLO and QUIT between chunks abort the message",
         input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nabRSET\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n\
-                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nRCPT TO:<x@y>\r\nDATA\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nghMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
         replies: &["220", "250", "250", "250 2.0.0 Ok: 2 octets", "250 2.0.0",
                    "250", "250", "250 2.0.0 Ok: 2 octets", "501 5.5.4", "503 5.5.1",
+                   "250", "250", "250 2.0.0 Ok: 2 octets", "250 CHUNKING", "503 5.5.1", "503 5.5.1",
                    "250", "250", "250 2.0.0 Ok: 2 octets", "503 5.5.1", "503 5.5.1", "503 5.5.1",
-                   "503 5.5.1", "221"],
-        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted)],
+                   "221"],
+        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted),
+                    (b"", Outcome::Aborted)],
         closed: true,
     },
     Script {

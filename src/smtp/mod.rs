@@ -82,9 +82,10 @@ pub enum Event<'a> {
     Data(&'a [u8]),
     /// The message is complete: commit it, then call [`Session::committed`].
     MessageEnd,
-    /// Discard the open spool file; no [`Event::MessageEnd`] follows for this message. The
-    /// reply has been written, except for an oversized message: its `552 5.3.4` comes once
-    /// the rest of its data has been read (and dropped).
+    /// Discard the open spool file; no [`Event::MessageEnd`] follows for this message. Causes:
+    /// the message grew past `max_message_size`; RSET, HELO/EHLO, QUIT or a malformed BDAT
+    /// between BDAT chunks. The reply has been written, except for an oversized message: its
+    /// `552 5.3.4` comes once the rest of its data has been read (and dropped).
     MessageAbort,
     /// Waiting for [`Session::committed`]; no input is consumed meanwhile.
     Waiting,
@@ -533,11 +534,12 @@ impl Session {
         None
     }
 
-    /// HELO / EHLO.
+    /// HELO / EHLO: like RSET, it ends any transaction (RFC 5321 §4.1.4; Postfix does the
+    /// same), including a chunked message already started.
     fn hello(&mut self, name: String, extended: bool, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        // Postfix refuses a new greeting inside a transaction rather than resetting it.
+        let aborting = matches!(self.state, State::Chunked { .. });
         if !matches!(self.state, State::Idle) {
-            return answer(out, reply::TRANSACTION_IN_PROGRESS);
+            self.enter(State::Idle, if extended { "EHLO" } else { "HELO" });
         }
         self.helo = name;
         let mut text = String::new();
@@ -553,7 +555,7 @@ impl Session {
             let _ = write!(text, "250 {}\r\n", self.hostname);
         }
         out.extend_from_slice(text.as_bytes());
-        None
+        aborting.then_some(Event::MessageAbort)
     }
 
     /// MAIL FROM.
