@@ -29,7 +29,7 @@
 //! ends (also `LF.LF` ends DATA), 8-bit data without `BODY=8BITMIME`, unqualified addresses
 //! (`root`), `MAIL FROM: <x>`. Addresses must be valid UTF-8 (see `parser`).
 //!
-//! Structure: one [`State`] enum whose variants hold only what is valid in them (there is no
+//! Structure: one `State` enum whose variants hold only what is valid in them (there is no
 //! way to hold recipients without a sender); every command is checked first (sequence,
 //! limits), then acted on; every change of variant goes through `Session::enter`, which traces
 //! it at debug level; every reply is a named constant in `reply`.
@@ -324,7 +324,7 @@ impl Session {
                     } else if rest.is_empty() {
                         (0, Progress::Emit(Event::NeedInput))
                     } else {
-                        let used = clamp(chunk.remaining, rest.len());
+                        let used = chunk_len(chunk.remaining, rest.len());
                         chunk.remaining -= used as u64;
                         (used, chunk.intake.take(&rest[..used], max))
                     }
@@ -335,7 +335,7 @@ impl Session {
                     } else if rest.is_empty() {
                         (0, Progress::Emit(Event::NeedInput))
                     } else {
-                        let used = clamp(*remaining, rest.len());
+                        let used = chunk_len(*remaining, rest.len());
                         *remaining -= used as u64;
                         (used, Progress::Continue)
                     }
@@ -713,6 +713,6 @@ fn answer(out: &mut Vec<u8>, text: &str) -> Option<Event<'static>> {
 }
 
 /// `min(remaining, available)` without truncating a 64-bit count on a 32-bit host.
-fn clamp(remaining: u64, available: usize) -> usize {
+fn chunk_len(remaining: u64, available: usize) -> usize {
     usize::try_from(remaining).map_or(available, |remaining| remaining.min(available))
 }
