@@ -5,6 +5,9 @@
 //! nothing consumed while waiting, bounded internal buffer, data handed out as slices of the
 //! input) and commits each message. Every script is run whole, split at every byte offset,
 //! byte at a time and at random offsets, and must give identical output and data each time.
+//! Random input (a xorshift PRNG, bounded) must never break any of this. Real clients —
+//! lettre, Python's smtplib, curl — then talk to the engine over loopback through
+//! `stdio::serve` (a `TcpStream` is a `Read` and a `Write`).
 
 use std::io::Cursor;
 
