@@ -172,10 +172,9 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, Failure> {
         version: p.contains(["-V", "--version"]),
         check_config: p.contains(["-t", "--check-config"]),
         foreground: p.contains(["-f", "--foreground"]),
+        // As a string (PathBuf: FromStr), because only string values honour `--config=PATH`.
         config: p
-            .opt_value_from_os_str(["-c", "--config"], |s| {
-                Ok::<_, std::convert::Infallible>(PathBuf::from(s))
-            })
+            .opt_value_from_str::<_, PathBuf>(["-c", "--config"])
             .map_err(usage)?,
         loglevel: p
             .opt_value_from_fn(["-l", "--loglevel"], parse_level)
