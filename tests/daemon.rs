@@ -78,7 +78,7 @@ impl Daemon {
         let mut cmd = Command::new(common::daemon_bin());
         cmd.arg("--config")
             .arg(&config)
-            .arg("--foreground")
+            .args(["--loglevel", "debug"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -1029,7 +1029,6 @@ fn help_version_and_usage_errors() {
         "--config",
         "--loglevel",
         "--check-config",
-        "--foreground",
         "--version",
         "--help",
     ] {
