@@ -634,7 +634,7 @@ fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
     let bridge = StandInBridge::start();
     bridge.set_behaviour(Behaviour::Down);
     let dir = TestDir::new("down500");
-    let d = Daemon::start(&dir, &bridge, "");
+    let mut d = Daemon::start(&dir, &bridge, "");
     let port = d.port;
     let threads: Vec<_> = (0..20)
         .map(|t| {
@@ -668,6 +668,21 @@ fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
             .collect();
         assert_eq!(seq, (0..25).collect::<Vec<_>>(), "connection {t}");
     }
+    // A clean stop reports how the commits were made durable (group commit).
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_exit(SOON).success());
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("messages committed with"))
+        .unwrap_or_else(|| panic!("no commit statistics:\n{log}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    eprintln!("group commit: {line}");
+    assert_eq!(numbers.first(), Some(&500), "{line}");
+    assert!(numbers.get(1).is_some_and(|syncs| *syncs <= 500), "{line}");
 }
 
 #[test]
