@@ -677,6 +677,9 @@ fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
         .find(|l| l.contains("messages committed with"))
         .unwrap_or_else(|| panic!("no commit statistics:\n{log}"));
     let numbers: Vec<u64> = line
+        .split("spool worker: ")
+        .nth(1)
+        .unwrap_or("")
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
