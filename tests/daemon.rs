@@ -1087,3 +1087,37 @@ fn address_in_use_exits_71() {
         "{out:?}"
     );
 }
+
+#[test]
+fn spool_that_cannot_be_prepared_exits_71() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("nospool");
+    let port = common::free_port();
+    let config = dir.join("smtp_bridge.conf");
+    // write_config puts spool_dir under the test directory; point it somewhere impossible.
+    let text = std::fs::read_to_string(common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("spool_dir"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(
+        &config,
+        format!("{text}\nspool_dir = \"/proc/no-such-dir/spool\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spool"),
+        "{out:?}"
+    );
+}

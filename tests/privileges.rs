@@ -218,3 +218,28 @@ fn socket_activation_serves_smtp_without_root() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("from systemd"), "{text}");
 }
+
+#[test]
+fn unknown_user_is_a_privilege_failure_exit_77_before_serving() {
+    if !common::require_root() {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("nouser");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nusername = \"no-such-user-smtp-bridge\""),
+    );
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-user-smtp-bridge"),
+        "{out:?}"
+    );
+}
