@@ -26,6 +26,11 @@ SAVED_SUFFIX=.smtp_bridge-saved
 SENDMAIL_PATHS="/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq /usr/bin/newaliases"
 
 SRC_DIR=$(cd "$(dirname "$0")" && pwd)
+# Generated files (compressed pages, units with our paths) are made here, not in the tree.
+TMP_DIR=
+cleanup() { [ -z "$TMP_DIR" ] || rm -rf "$TMP_DIR"; }
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 usage() {
 	cat <<EOF
@@ -252,9 +257,8 @@ install_files() {
 		section=${page##*.}
 		dst=$MAN_DIR/man$section/$page
 		if [ "$GZIP_MAN" = 1 ]; then
-			gzip -9nc "$SRC_DIR/man/$page" >"$SRC_DIR/man/.$page.gz.$$"
-			put_file "$SRC_DIR/man/.$page.gz.$$" "$dst.gz" 0644
-			rm -f "$SRC_DIR/man/.$page.gz.$$"
+			gzip -9nc "$SRC_DIR/man/$page" >"$TMP_DIR/$page.gz"
+			put_file "$TMP_DIR/$page.gz" "$dst.gz" 0644
 		else
 			put_file "$SRC_DIR/man/$page" "$dst" 0644
 		fi
@@ -315,9 +319,8 @@ install_units() {
 			-e "s|^Group=.*|Group=$GROUP_NAME|" \
 			-e "s|^ReadWritePaths=.*|ReadWritePaths=$SPOOL|" \
 			-e "s|--config /etc/smtp_bridge.conf|--config $CONF|" \
-			"$SRC_DIR/packaging/$unit" >"$SRC_DIR/packaging/.$unit.$$"
-		put_file "$SRC_DIR/packaging/.$unit.$$" "$UNIT_DIR/$unit" 0644
-		rm -f "$SRC_DIR/packaging/.$unit.$$"
+			"$SRC_DIR/packaging/$unit" >"$TMP_DIR/$unit"
+		put_file "$TMP_DIR/$unit" "$UNIT_DIR/$unit" 0644
 		record unit "$UNIT_DIR/$unit"
 	done
 }
@@ -413,6 +416,7 @@ start_daemon() {
 
 do_install() {
 	build
+	TMP_DIR=$(mktemp -d)
 	make_dir "$STATE_DIR" 0755
 	if staged; then
 		: >"$DESTDIR$STATE_DIR/pending-actions"

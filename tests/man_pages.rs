@@ -39,18 +39,6 @@ fn rendered(page: &str) -> String {
     text
 }
 
-/// The source lines of one `.Ss` subsection (up to the next `.Ss` or `.Sh`).
-fn subsection<'a>(src: &'a str, title: &str) -> Vec<&'a str> {
-    let mut lines = src.lines().skip_while(|l| *l != format!(".Ss {title}"));
-    assert!(
-        lines.next().is_some(),
-        "no subsection `.Ss {title}` in the page"
-    );
-    lines
-        .take_while(|l| !l.starts_with(".Ss ") && !l.starts_with(".Sh "))
-        .collect()
-}
-
 /// The options named by `Fl` on the `.It` lines of some mdoc source: `.It Fl i , Fl oi`
 /// gives `-i` and `-oi`, `.It Fl -config Ar path` gives `--config`, `.It Fl -` gives `--`.
 fn item_options(lines: &[&str]) -> Vec<String> {
@@ -157,8 +145,8 @@ fn config_page_documents_every_key_with_its_real_default() {
             .split_once(", ")
             .unwrap_or_else(|| panic!("entry without a default: {line}"));
         // The host name is the machine's, so the page says so in words.
-        let host_dependent =
-            value.trim_matches('"') == defaults.hostname || value.trim_matches('"') == defaults.name;
+        let host_dependent = value.trim_matches('"') == defaults.hostname
+            || value.trim_matches('"') == defaults.name;
         if host_dependent {
             assert_eq!(shown, "the host name", "{key}");
         } else {
@@ -212,7 +200,13 @@ fn daemon_page_documents_every_option_of_help() {
         .collect();
     options.sort();
     options.dedup();
-    for must in ["--config", "--loglevel", "--check-config", "--version", "--help"] {
+    for must in [
+        "--config",
+        "--loglevel",
+        "--check-config",
+        "--version",
+        "--help",
+    ] {
         assert!(
             options.iter().any(|o| o == must),
             "{must} missing from --help:\n{help}"
@@ -238,8 +232,5 @@ fn item_options_reads_mdoc_tags() {
         ".It Fl e Ns Ar x",
         ".It Pa maildrop/",
     ];
-    assert_eq!(
-        item_options(&lines),
-        ["-i", "-oi", "--config", "--", "-e"]
-    );
+    assert_eq!(item_options(&lines), ["-i", "-oi", "--config", "--", "-e"]);
 }
