@@ -39,6 +39,18 @@ fn rendered(page: &str) -> String {
     text
 }
 
+/// The source lines of one `.Ss` subsection (up to the next `.Ss` or `.Sh`).
+fn subsection<'a>(src: &'a str, title: &str) -> Vec<&'a str> {
+    let mut lines = src.lines().skip_while(|l| *l != format!(".Ss {title}"));
+    assert!(
+        lines.next().is_some(),
+        "no subsection `.Ss {title}` in the page"
+    );
+    lines
+        .take_while(|l| !l.starts_with(".Ss ") && !l.starts_with(".Sh "))
+        .collect()
+}
+
 /// The options named by `Fl` on the `.It` lines of some mdoc source: `.It Fl i , Fl oi`
 /// gives `-i` and `-oi`, `.It Fl -config Ar path` gives `--config`, `.It Fl -` gives `--`.
 fn item_options(lines: &[&str]) -> Vec<String> {
@@ -219,6 +231,49 @@ fn daemon_page_documents_every_option_of_help() {
             documented.contains(option),
             "smtp_bridge.8 has no `.It Fl {}` for {option} of --help",
             &option[1..]
+        );
+    }
+}
+
+/// Every option the parser honours, ignores or refuses, each in the section of sendmail(8)
+/// that says so, and nowhere else among the tags.
+#[test]
+fn sendmail_page_documents_every_option_where_the_code_puts_it() {
+    use smtp_bridge::sendmail::{HONOURED_OPTIONS, IGNORED_OPTIONS, REJECTED_OPTIONS};
+    let src = source("sendmail.8");
+    let honoured = item_options(&subsection(&src, "Options that take effect"));
+    let ignored = item_options(&subsection(&src, "Options accepted and ignored"));
+    for option in HONOURED_OPTIONS {
+        assert!(
+            honoured.iter().any(|o| o == option),
+            "sendmail.8 has no `.It Fl {}` under \"Options that take effect\"",
+            &option[1..]
+        );
+        assert!(
+            !ignored.iter().any(|o| o == option),
+            "{option} is honoured, but sendmail.8 lists it as ignored"
+        );
+    }
+    for option in IGNORED_OPTIONS {
+        assert!(
+            ignored.iter().any(|o| o == option),
+            "sendmail.8 has no `.It Fl {}` under \"Options accepted and ignored\"",
+            &option[1..]
+        );
+    }
+    // Documented as taking effect or ignored, but unknown to the code: the page lies.
+    for option in honoured.iter().chain(&ignored) {
+        assert!(
+            HONOURED_OPTIONS.contains(&option.as_str())
+                || IGNORED_OPTIONS.contains(&option.as_str()),
+            "sendmail.8 documents {option}, which the parser does not list"
+        );
+    }
+    let refused = subsection(&src, "Modes refused").join(" ");
+    for option in REJECTED_OPTIONS {
+        assert!(
+            refused.contains(&format!("Fl {}", &option[1..])),
+            "{option} is refused by the code but not under \"Modes refused\""
         );
     }
 }
