@@ -495,8 +495,12 @@ do_uninstall() {
 	done
 	for spool in $(entries spool); do
 		[ -d "$DESTDIR$spool" ] || continue
+		case $spool in
+		/?*) ;;
+		*) continue ;; # never "/" or a relative path
+		esac
 		if spool_is_empty "$spool"; then
-			rm -rf "${DESTDIR:?}$spool"
+			rm -rf "$DESTDIR$spool"
 		else
 			say "keeping $DESTDIR$spool: it still holds messages (see mailq)"
 		fi
