@@ -110,6 +110,36 @@ fn pages_are_clean_under_mandoc_lint() {
     }
 }
 
+/// What `man -l` does with the pages (groff's mdoc macros, not mandoc's): they must render,
+/// without a single groff warning.
+#[test]
+fn pages_render_with_man_and_groff_without_warnings() {
+    if !common::require_tool("man") {
+        return;
+    }
+    for page in PAGES {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(man_dir().join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .output()
+            .expect("run man -l");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "man -l man/{page}: {:?}\n{stderr}",
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("NAME") && text.lines().count() > 50,
+            "man -l man/{page} rendered almost nothing:\n{text}"
+        );
+    }
+}
+
 /// `key = value` pairs of `Config::default().to_toml()`.
 fn default_settings() -> Vec<(String, String)> {
     let toml = smtp_bridge::config::Config::default().to_toml();
