@@ -236,6 +236,11 @@ build() {
 	if [ -n "$BINARIES" ]; then
 		BIN_SRC=$(cd "$BINARIES" && pwd)
 	else
+		if ! command -v "${CARGO:-cargo}" >/dev/null 2>&1; then
+			die "cargo not found (root's PATH often lacks it): build as yourself with
+  cargo build --release --locked
+then run: sudo ./$PROG --binaries target/release [options]"
+		fi
 		say "building: ${CARGO:-cargo} build --release --locked"
 		(cd "$SRC_DIR" && ${CARGO:-cargo} build --release --locked)
 		BIN_SRC=${CARGO_TARGET_DIR:-$SRC_DIR/target}/release
@@ -395,6 +400,10 @@ start_daemon() {
 	if systemd_running; then
 		systemctl daemon-reload
 		[ "$START" = 1 ] || return 0
+		# enable may create the .wants directories: record them so --uninstall removes them.
+		for wants in sockets.target.wants multi-user.target.wants; do
+			[ -d "$UNIT_DIR/$wants" ] || record dir "$UNIT_DIR/$wants"
+		done
 		systemctl enable smtp_bridge.socket smtp_bridge.service
 		systemctl restart smtp_bridge.socket smtp_bridge.service
 		say "started smtp_bridge.socket and smtp_bridge.service (systemctl status smtp_bridge)"
@@ -514,6 +523,9 @@ do_uninstall() {
 	say "uninstalled from ${DESTDIR:-/}"
 }
 
+if ! staged && [ "$(id -u)" != 0 ]; then
+	die "installing into the system needs root (or set DESTDIR to stage the files)"
+fi
 if [ "$MODE" = uninstall ]; then
 	do_uninstall
 else
