@@ -1,2 +1,323 @@
-//! The smtp_bridge daemon. INTERFACE SKELETON — owned by the daemon helper.
-fn main() {}
+//! The smtp_bridge daemon: arguments -> configuration -> logging -> listeners -> spool ->
+//! privilege drop -> delivery thread -> event loop -> exit status.
+//!
+//! Each start-up step is a named function, run in the order DESIGN.md fixes (bind and
+//! prepare the spool while root, then drop root before any thread exists or any client is
+//! served). Every failure maps to one `sysexits.h` code in [`Failure::exit_code`].
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use smtp_bridge::config::{Config, ConfigError, LogLevel};
+use smtp_bridge::deliver::DeliveryThread;
+use smtp_bridge::privileges::{self, PrivilegeError, Target};
+use smtp_bridge::server::{self, listen, ServerError};
+use smtp_bridge::spool::Spool;
+use smtp_bridge::{logging, sysexits};
+
+const HELP: &str = "\
+smtp_bridge - local SMTP daemon that forwards a digest of every message to the XMPP bridge
+
+Usage: smtp_bridge [OPTIONS]
+
+Options:
+  -c, --config PATH     read the configuration from PATH (default /etc/smtp_bridge.conf;
+                        without this option a missing default file means built-in defaults)
+  -l, --loglevel LEVEL  override the configured log level: error, warning, info or debug
+  -t, --check-config    validate the configuration, print the effective settings as TOML
+                        and exit (0 when valid, 78 when not)
+  -f, --foreground      also write log lines to standard error (the daemon never forks;
+                        this is for running it by hand)
+  -V, --version         print the version and exit
+  -h, --help            print this help and exit
+
+Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration.
+Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen or start a thread,
+73 cannot prepare the spool, 77 cannot drop privileges, 78 configuration error.
+";
+
+/// Set once logging copies lines to stderr, so a fatal error is not printed twice.
+static LOGS_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// The parsed command line.
+#[derive(Debug, Default)]
+struct Args {
+    config: Option<PathBuf>,
+    loglevel: Option<LogLevel>,
+    check_config: bool,
+    foreground: bool,
+    version: bool,
+    help: bool,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug)]
+enum Failure {
+    /// A bad command line.
+    Usage(String),
+    /// The configuration could not be used.
+    Config(ConfigError),
+    /// No listening socket.
+    Listen(listen::ListenError),
+    /// The spool directories could not be prepared.
+    Spool(std::io::Error),
+    /// Root could not be dropped, or the drop could not be proven.
+    Privileges(PrivilegeError),
+    /// The delivery thread could not be started.
+    Delivery(std::io::Error),
+    /// The event loop failed.
+    Server(ServerError),
+}
+
+impl Failure {
+    /// The one place where failures become exit codes.
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => sysexits::EX_USAGE,
+            Failure::Config(_) => sysexits::EX_CONFIG,
+            Failure::Listen(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
+            Failure::Spool(_) => sysexits::EX_CANTCREAT,
+            Failure::Privileges(_) => sysexits::EX_NOPERM,
+            Failure::Server(_) => sysexits::EX_SOFTWARE,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let err: &dyn std::error::Error = match self {
+            Failure::Usage(m) => return write!(f, "{m} (try --help)"),
+            Failure::Config(e) => e,
+            Failure::Listen(e) => e,
+            Failure::Spool(e) => return write!(f, "cannot prepare the spool: {e}"),
+            Failure::Privileges(e) => e,
+            Failure::Delivery(e) => return write!(f, "cannot start delivery: {e}"),
+            Failure::Server(e) => e,
+        };
+        // The whole chain on one line: "cannot listen on 127.0.0.1:25: bind: Address in use".
+        write!(f, "{err}")?;
+        let mut source = err.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            log::error!("fatal: {failure}");
+            if !LOGS_TO_STDERR.load(Ordering::Relaxed) {
+                eprintln!("smtp_bridge: {failure}");
+            }
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let args = parse_args(std::env::args_os().skip(1).collect())?;
+    if args.help {
+        print!("{HELP}");
+        return Ok(());
+    }
+    if args.version {
+        println!("smtp_bridge {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let config = load_config(&args)?;
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    init_logging(&config, &args);
+    let listeners = open_listeners(&config)?;
+    let target = resolve_target(&config)?;
+    prepare_spool(&config, target.as_ref())?;
+    drop_privileges(target.as_ref())?;
+    let delivery = start_delivery(&config)?;
+    let reload = {
+        let path = args.config.clone();
+        let level = args.loglevel;
+        Box::new(move || {
+            let mut c = Config::locate(path.as_deref())?;
+            if let Some(l) = level {
+                c.loglevel = l;
+            }
+            Ok(c)
+        })
+    };
+    server::serve(server::Options {
+        config,
+        listeners,
+        delivery,
+        reload,
+        shutdown_grace: server::DEFAULT_SHUTDOWN_GRACE,
+    })
+    .map_err(Failure::Server)
+}
+
+/// Parses the command line; no I/O.
+fn parse_args(raw: Vec<OsString>) -> Result<Args, Failure> {
+    let usage = |e: pico_args::Error| Failure::Usage(e.to_string());
+    let mut p = pico_args::Arguments::from_vec(raw);
+    let args = Args {
+        help: p.contains(["-h", "--help"]),
+        version: p.contains(["-V", "--version"]),
+        check_config: p.contains(["-t", "--check-config"]),
+        foreground: p.contains(["-f", "--foreground"]),
+        config: p
+            .opt_value_from_os_str(["-c", "--config"], |s| {
+                Ok::<_, std::convert::Infallible>(PathBuf::from(s))
+            })
+            .map_err(usage)?,
+        loglevel: p
+            .opt_value_from_fn(["-l", "--loglevel"], parse_level)
+            .map_err(usage)?,
+    };
+    let rest = p.finish();
+    if let Some(first) = rest.first() {
+        return Err(Failure::Usage(format!(
+            "unexpected argument {:?}",
+            first.to_string_lossy()
+        )));
+    }
+    Ok(args)
+}
+
+/// Log level names as the configuration file and the Python original spell them.
+fn parse_level(s: &str) -> Result<LogLevel, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" | "err" | "critical" => Ok(LogLevel::Error),
+        "warning" | "warn" => Ok(LogLevel::Warning),
+        "info" => Ok(LogLevel::Info),
+        "debug" => Ok(LogLevel::Debug),
+        _ => Err(format!(
+            "unknown log level {s:?} (error, warning, info, debug)"
+        )),
+    }
+}
+
+/// Step 1: the configuration, with the command line's log level on top.
+fn load_config(args: &Args) -> Result<Config, Failure> {
+    let mut config = Config::locate(args.config.as_deref()).map_err(Failure::Config)?;
+    if let Some(level) = args.loglevel {
+        config.loglevel = level;
+    }
+    Ok(config)
+}
+
+/// Step 2: syslog (facility mail), opened while still root.
+fn init_logging(config: &Config, args: &Args) {
+    logging::init("smtp_bridge", config.loglevel, args.foreground);
+    LOGS_TO_STDERR.store(args.foreground, Ordering::Relaxed);
+}
+
+/// Step 3: the sockets systemd passed us, or bind every `listen` address (as root for
+/// port 25).
+fn open_listeners(config: &Config) -> Result<Vec<TcpListener>, Failure> {
+    if let Some(listeners) = listen::from_systemd().map_err(Failure::Listen)? {
+        log::info!(
+            "using {} listening sockets from systemd; listen setting ignored",
+            listeners.len()
+        );
+        return Ok(listeners);
+    }
+    listen::bind_all(&config.listen).map_err(Failure::Listen)
+}
+
+/// Whom to become: `None` when not started as root (nothing to drop).
+fn resolve_target(config: &Config) -> Result<Option<Target>, Failure> {
+    if !privileges::is_root() {
+        return Ok(None);
+    }
+    Target::lookup(&config.username, &config.group)
+        .map(Some)
+        .map_err(Failure::Privileges)
+}
+
+/// Step 4: the spool directories, given to the daemon's user when we are root.
+fn prepare_spool(config: &Config, target: Option<&Target>) -> Result<(), Failure> {
+    Spool::new(config.spool_dir.clone())
+        .prepare(target.map(|t| (t.uid, t.gid)))
+        .map_err(Failure::Spool)
+}
+
+/// Step 5: drop root for good and prove it, before any thread or client exists.
+fn drop_privileges(target: Option<&Target>) -> Result<(), Failure> {
+    match target {
+        Some(t) => {
+            privileges::drop_to(t).map_err(Failure::Privileges)?;
+            log::info!(
+                "dropped privileges to user={} uid={} group={} gid={}",
+                t.user,
+                t.uid,
+                t.group,
+                t.gid
+            );
+        }
+        None => log::info!(
+            "not started as root (uid={}): no privileges to drop",
+            nix::unistd::getuid()
+        ),
+    }
+    Ok(())
+}
+
+/// Step 6: the background delivery thread.
+fn start_delivery(config: &Config) -> Result<DeliveryThread, Failure> {
+    DeliveryThread::spawn(config.clone()).map_err(Failure::Delivery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, Failure> {
+        parse_args(list.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn options_parse() {
+        let a = args(&["--config", "/x.conf", "--loglevel", "DEBUG", "-t", "-f"]).unwrap();
+        assert_eq!(a.config, Some(PathBuf::from("/x.conf")));
+        assert_eq!(a.loglevel, Some(LogLevel::Debug));
+        assert!(a.check_config && a.foreground && !a.help && !a.version);
+        let a = args(&["--config=/y.conf", "-l", "warning"]).unwrap();
+        assert_eq!(a.config, Some(PathBuf::from("/y.conf")));
+        assert_eq!(a.loglevel, Some(LogLevel::Warning));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for bad in [
+            &["--bogus"][..],
+            &["--loglevel", "loud"],
+            &["--config"],
+            &["extra"],
+        ] {
+            let e = args(bad).unwrap_err();
+            assert_eq!(e.exit_code(), sysexits::EX_USAGE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_option() {
+        for opt in [
+            "--config",
+            "--loglevel",
+            "--check-config",
+            "--foreground",
+            "--version",
+            "--help",
+        ] {
+            assert!(HELP.contains(opt), "{opt}");
+        }
+    }
+}

@@ -1,12 +1,49 @@
 //! Delivery: drains the spool through the bridge, oldest first, with capped exponential
 //! backoff and a lifetime after which a message moves to `failed/`.
 //!
-//! INTERFACE SKELETON — owned by the spool helper.
+//! # Order
+//!
+//! Messages reach the chat in the order they were accepted, so nothing overtakes a waiting
+//! message: a pass walks `queue/` oldest first and stops at the first message that is not
+//! due yet or that the bridge did not take. Only a message whose lifetime has run out steps
+//! aside (to `failed/`), letting the next one through.
+//!
+//! # Schedule
+//!
+//! After `n` failed attempts the next one waits [`backoff`]`(n)`: 10 s, 20 s, 40 s, 80 s,
+//! 160 s, 320 s, then 10 minutes for good. A message that fails once it is older than
+//! `queue_lifetime` (default 5 days) moves to `failed/` with the last reason. A permanent
+//! answer (a 4xx other than 408 and 429: a wrong URL or a bug) follows the same schedule, so
+//! that fixing the configuration is enough, but is logged as an error naming the likely cause.
+//!
+//! # Who runs the queue
+//!
+//! The daemon's [`DeliveryThread`] and `sendmail -q` both call [`run_once`]; the runner lock
+//! of the spool makes sure only one of them walks the queue at a time, so a message is never
+//! sent twice by two runners. The pass also maintains the spool's backlog marker, which tells
+//! `sendmail` to queue new mail behind waiting messages instead of sending it first.
 
 use std::io;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
+use crate::digest::{Digest, DigestOptions, MAX_PARSE_BYTES};
+use crate::spool::{escape, QueueEntry, Spool};
+
+/// The wait after the first failure; each further failure doubles it.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait between two attempts.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(600);
+/// How long the delivery thread waits before trying again after a pass that failed on the
+/// spool itself (a disk error, not the bridge).
+const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
+/// How long the delivery thread waits when another runner (`sendmail -q`) holds the lock.
+const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
 /// What one pass over the queue did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -24,46 +61,424 @@ pub struct RunReport {
 }
 
 /// The delay before attempt `attempts + 1` after `attempts` failures: capped exponential.
+///
+/// 0 failures: none; then 10 s doubling per failure (10, 20, 40, 80, 160, 320 s), capped at
+/// 10 minutes from the seventh failure on.
 pub fn backoff(attempts: u32) -> Duration {
-    let _ = attempts;
-    todo!()
+    if attempts == 0 {
+        return Duration::ZERO;
+    }
+    // 10 s << 6 already exceeds the cap, so larger shifts need not be computed.
+    let shift = (attempts - 1).min(6);
+    (BACKOFF_BASE * (1u32 << shift)).min(BACKOFF_CAP)
 }
 
 /// Delivers what is due, in queue order. `force` ignores the backoff schedule (`sendmail -q`).
 /// Ingests the maildrop first. Takes the runner lock; returns an empty report when another
 /// process holds it.
 pub fn run_once(config: &Config, force: bool) -> io::Result<RunReport> {
-    let _ = (config, force);
-    todo!()
+    run_pass(config, force, &AtomicBool::new(false)).map(|pass| pass.report)
+}
+
+/// A pass as the delivery thread sees it: the report, plus what it needs to log state
+/// changes and plan the next pass.
+#[derive(Debug, Default)]
+struct Pass {
+    report: RunReport,
+    /// Another runner held the lock: nothing was looked at.
+    locked_out: bool,
+    /// Why the last attempt of this pass failed, if one did.
+    last_error: Option<String>,
+}
+
+/// One pass; stops early (after the request in flight) when `stop` is set.
+fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass> {
+    let spool = Spool::new(&config.spool_dir);
+    let Some(_lock) = spool.lock_runner(false)? else {
+        log::debug!("queue run skipped: another runner holds the lock");
+        return Ok(Pass {
+            locked_out: true,
+            ..Pass::default()
+        });
+    };
+    match spool.ingest_maildrop(config.max_message_size) {
+        Ok(ingest) if ingest.accepted + ingest.refused > 0 => log::debug!(
+            "maildrop: accepted={}, refused={}",
+            ingest.accepted,
+            ingest.refused
+        ),
+        Ok(_) => {}
+        // What is already queued can still go out; the maildrop is tried again next pass.
+        Err(e) => log::error!("cannot ingest the maildrop: {e}"),
+    }
+    let scan = spool.scan()?;
+    let mut pass = Pass::default();
+    for (id, reason) in &scan.corrupt {
+        let reason = format!("unreadable spool file: {reason}");
+        log::error!("{id}: status=failed ({reason})");
+        spool.fail(id, &reason)?;
+        pass.report.failed += 1;
+    }
+    let bridge = Bridge::new(&config.queue, &config.name, config.bridge_timeout);
+    let options = DigestOptions {
+        max_body_chars: config.max_body_chars,
+        hostname: config.hostname.clone(),
+    };
+    let total = scan.entries.len();
+    for (index, entry) in scan.entries.iter().enumerate() {
+        let remaining = total - index;
+        let now = SystemTime::now();
+        if stop.load(Ordering::SeqCst) || (!force && entry.next_attempt > now) {
+            pass.report.waiting = remaining;
+            pass.report.next_due = Some(entry.next_attempt.max(now));
+            break;
+        }
+        let (entry, raw) = match spool.read(&entry.id, MAX_PARSE_BYTES) {
+            Ok(read) => read,
+            // Removed since the scan (a runner without the lock cannot exist, but an
+            // administrator can).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let digest = Digest::build(&raw, entry.size, &entry.envelope, &options);
+        drop(raw);
+        let started = Instant::now();
+        let outcome = bridge.send(&digest.render());
+        let (reason, permanent) = match outcome {
+            Outcome::Delivered => {
+                spool.remove(&entry.id)?;
+                log::info!(
+                    "{}: {}, relay=bridge, delay={}, attempts={}, status=sent (accepted by the bridge in {} ms)",
+                    entry.id,
+                    recipients_field(&entry),
+                    delay(&entry, now),
+                    entry.attempts + 1,
+                    started.elapsed().as_millis()
+                );
+                pass.report.delivered += 1;
+                continue;
+            }
+            Outcome::Retry(reason) => (reason, false),
+            Outcome::Permanent(reason) => (reason, true),
+        };
+        let reason = escape_reason(&reason);
+        pass.last_error = Some(reason.clone());
+        let age = now
+            .duration_since(entry.envelope.arrival)
+            .unwrap_or(Duration::ZERO);
+        if age >= config.queue_lifetime {
+            let why = format!(
+                "{reason}; gave up after {} attempts over {}",
+                entry.attempts + 1,
+                human(age)
+            );
+            spool.fail(&entry.id, &why)?;
+            log::error!(
+                "{}: {}, delay={}, status=failed ({why}); moved to failed/",
+                entry.id,
+                recipients_field(&entry),
+                delay(&entry, now),
+            );
+            pass.report.failed += 1;
+            continue;
+        }
+        let next = ceil_micros(now + backoff(entry.attempts.saturating_add(1)));
+        spool.defer(&entry.id, next, &reason)?;
+        if permanent {
+            log::error!(
+                "{}: {}, delay={}, status=deferred ({reason}); the bridge refused the request: the queue URL or name in the configuration looks wrong; retrying in {}",
+                entry.id,
+                recipients_field(&entry),
+                delay(&entry, now),
+                human(next.duration_since(now).unwrap_or(Duration::ZERO))
+            );
+        } else {
+            log::info!(
+                "{}: {}, delay={}, status=deferred ({reason}); retrying in {}",
+                entry.id,
+                recipients_field(&entry),
+                delay(&entry, now),
+                human(next.duration_since(now).unwrap_or(Duration::ZERO))
+            );
+        }
+        pass.report.deferred += 1;
+        // Nothing overtakes a waiting message.
+        pass.report.waiting = remaining - 1;
+        pass.report.next_due = Some(next);
+        break;
+    }
+    let left = pass.report.deferred + pass.report.waiting;
+    if let Err(e) = spool.set_backlog(left > 0) {
+        log::warn!("cannot update the backlog marker: {e}");
+    }
+    Ok(pass)
+}
+
+/// `t` rounded up to the microsecond, the precision the spool keeps, so that the time in the
+/// report is the one on disk and never earlier than the backoff asks.
+fn ceil_micros(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.subsec_nanos() % 1000 != 0 => {
+            t + Duration::from_nanos(u64::from(1000 - d.subsec_nanos() % 1000))
+        }
+        _ => t,
+    }
+}
+
+/// `to=<a@b>` for a log line: the first recipient and how many there are in all.
+fn recipients_field(entry: &QueueEntry) -> String {
+    let rcpts = &entry.envelope.recipients;
+    match rcpts.first() {
+        None => "to=<>, nrcpt=0".to_owned(),
+        Some(first) => format!("to=<{}>, nrcpt={}", escape(first.as_bytes()), rcpts.len()),
+    }
+}
+
+/// Seconds since arrival, as Postfix's `delay=`.
+fn delay(entry: &QueueEntry, now: SystemTime) -> u64 {
+    now.duration_since(entry.envelope.arrival)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A reason from the bridge client, kept printable for one log line.
+fn escape_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A duration for humans: `45s`, `10m`, `2h13m`, `5d0h`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// What the delivery thread is told.
+#[derive(Debug)]
+enum Command {
+    Nudge,
+    Reload(Box<Config>),
+    Shutdown,
 }
 
 /// The daemon's background delivery thread.
+///
+/// It runs a pass at start, whenever it is nudged (new mail), and when the head of the queue
+/// is due again. It logs state changes once: when the bridge starts failing and when it
+/// takes messages again, not at every retry (each deferral still has its own info line).
 #[derive(Debug)]
 pub struct DeliveryThread {
-    _private: (),
+    commands: Sender<Command>,
+    /// Set while a nudge is queued and not yet picked up, so nudges coalesce.
+    nudged: Arc<AtomicBool>,
+    /// Tells a pass in progress to stop after the request in flight.
+    stop: Arc<AtomicBool>,
+    /// Receives one message when the thread has ended.
+    finished: Receiver<()>,
+    handle: Option<JoinHandle<()>>,
 }
 
 impl DeliveryThread {
     /// Starts the thread; it runs passes when nudged and when the next attempt is due.
     pub fn spawn(config: Config) -> io::Result<DeliveryThread> {
-        let _ = config;
-        todo!()
+        let (commands, inbox) = mpsc::channel();
+        let (done, finished) = mpsc::channel();
+        let nudged = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (nudged, stop) = (nudged.clone(), stop.clone());
+            thread::Builder::new()
+                .name("delivery".into())
+                .spawn(move || {
+                    run_thread(config, inbox, &nudged, &stop);
+                    let _ = done.send(());
+                })?
+        };
+        Ok(DeliveryThread {
+            commands,
+            nudged,
+            stop,
+            finished,
+            handle: Some(handle),
+        })
     }
 
     /// New mail was committed: run a pass soon. Never blocks.
     pub fn nudge(&self) {
-        todo!()
+        // Only one nudge waits in the channel at a time; the pass it starts sees all mail
+        // committed before it.
+        if !self.nudged.swap(true, Ordering::SeqCst) {
+            let _ = self.commands.send(Command::Nudge);
+        }
     }
 
     /// Use a new configuration from the next pass on (SIGHUP).
     pub fn reload(&self, config: Config) {
-        let _ = config;
-        todo!()
+        let _ = self.commands.send(Command::Reload(Box::new(config)));
     }
 
     /// Asks the thread to stop after the request in flight, and waits for it at most `grace`.
-    pub fn shutdown(self, grace: Duration) {
-        let _ = grace;
-        todo!()
+    ///
+    /// A request to a hanging bridge lasts at most `bridge_timeout`; when `grace` is shorter
+    /// the thread is left to finish on its own (the message stays queued either way).
+    pub fn shutdown(mut self, grace: Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Shutdown);
+        match self.finished.recv_timeout(grace) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(handle) = self.handle.take() {
+                    let _ = handle.join();
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "delivery thread still busy after {}; not waiting for it",
+                    human(grace)
+                );
+            }
+        }
+    }
+}
+
+/// Whether the bridge is taking messages, as far as the thread last saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BridgeState {
+    Unknown,
+    Up,
+    Failing,
+}
+
+fn run_thread(
+    mut config: Config,
+    inbox: Receiver<Command>,
+    nudged: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    let mut state = BridgeState::Unknown;
+    // A pass at start delivers what the last run left behind.
+    let mut due: Option<Instant> = Some(Instant::now());
+    loop {
+        let command = match due {
+            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+            None => match inbox.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            },
+        };
+        // Take everything already waiting, so that a burst of nudges is one pass.
+        let mut commands: Vec<Command> = command.into_iter().collect();
+        commands.extend(inbox.try_iter());
+        for command in commands {
+            match command {
+                Command::Nudge => nudged.store(false, Ordering::SeqCst),
+                Command::Reload(new) => {
+                    config = *new;
+                    log::info!("delivery: configuration reloaded");
+                }
+                Command::Shutdown => return,
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        due = match run_pass(&config, false, stop) {
+            Ok(pass) if pass.locked_out => Some(Instant::now() + LOCKED_RETRY),
+            Ok(pass) => {
+                let report = &pass.report;
+                if report.deferred > 0 && state != BridgeState::Failing {
+                    log::warn!(
+                        "delivery paused: the bridge is not taking messages ({}); {} message(s) waiting",
+                        pass.last_error.as_deref().unwrap_or("unknown reason"),
+                        report.deferred + report.waiting
+                    );
+                    state = BridgeState::Failing;
+                } else if report.delivered > 0 && report.deferred == 0 {
+                    if state == BridgeState::Failing {
+                        log::info!("delivery resumed: the bridge takes messages again");
+                    }
+                    state = BridgeState::Up;
+                }
+                report.next_due.map(|at| {
+                    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+                })
+            }
+            Err(e) => {
+                log::error!(
+                    "delivery pass failed: {e}; retrying in {}",
+                    human(SPOOL_ERROR_RETRY)
+                );
+                Some(Instant::now() + SPOOL_ERROR_RETRY)
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_up_to_ten_minutes() {
+        let table = [
+            (0, 0),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (4, 80),
+            (5, 160),
+            (6, 320),
+            (7, 600),
+            (8, 600),
+            (100, 600),
+            (u32::MAX, 600),
+        ];
+        for (attempts, secs) in table {
+            assert_eq!(backoff(attempts), Duration::from_secs(secs), "{attempts}");
+        }
+    }
+
+    #[test]
+    fn human_durations() {
+        let table = [
+            (0, "0s"),
+            (59, "59s"),
+            (600, "10m0s"),
+            (3661, "1h1m"),
+            (432_000, "5d0h"),
+        ];
+        for (secs, text) in table {
+            assert_eq!(human(Duration::from_secs(secs)), text);
+        }
+    }
+
+    #[test]
+    fn next_attempts_round_up_to_the_microsecond() {
+        let t = |nanos: u64| UNIX_EPOCH + Duration::from_nanos(nanos);
+        let table = [
+            (0, 0),
+            (1, 1000),
+            (999, 1000),
+            (1000, 1000),
+            (1_000_001, 1_001_000),
+        ];
+        for (given, want) in table {
+            assert_eq!(ceil_micros(t(given)), t(want), "{given}");
+        }
+    }
+
+    #[test]
+    fn reasons_stay_on_one_line() {
+        assert_eq!(escape_reason("a\r\nb\tc"), "a  b c");
     }
 }

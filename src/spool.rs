@@ -1,24 +1,176 @@
-//! The durable on-disk spool shared by the daemon and `sendmail`.
+//! The durable on-disk spool shared by the daemon and `sendmail`: it turns "a message was
+//! accepted" into a file that survives a crash, and keeps those files in arrival order until
+//! delivery removes them or their lifetime moves them to `failed/`.
 //!
-//! INTERFACE SKELETON — owned by the spool helper.
+//! # Layout
 //!
-//! Layout under the spool directory (owned by the daemon's unprivileged user):
+//! Under the spool directory (mode 0755, owned by the daemon's unprivileged user, so that every
+//! local user can reach `maildrop/` and the backlog marker):
 //!
 //! | path | mode | what |
 //! |---|---|---|
 //! | `maildrop/` | 1733 | any local user's `sendmail` leaves a message here |
 //! | `queue/` | 0700 | accepted messages waiting for delivery, one file each, named by queue ID |
 //! | `failed/` | 0700 | messages that ran out of lifetime, with the reason |
+//! | `queue.lock` | 0600 | flock'd by whoever runs the queue ([`Spool::lock_runner`]) |
+//! | `backlog` | 0644 | present while delivery is backed up ([`Spool::set_backlog`]) |
 //!
-//! A spool file holds the envelope in front of the raw message. A message is safe only after
-//! [`SpoolWriter::commit`] (file fsync, rename, directory fsync) returned.
+//! # Files
+//!
+//! A spool file is a small text header, a blank line, then the raw message bytes unchanged:
+//!
+//! ```text
+//! smtp_bridge-spool 1
+//! arrival 1795529786.123456
+//! origin smtp 127.0.0.1:41234 client.example
+//! sender alice@example.org
+//! rcpt bob@example.org
+//! rcpt carol%20x@example.org
+//!
+//! <raw message>
+//! ```
+//!
+//! Every field value is escaped: bytes outside `!`..`~`, and `%` itself, are written `%XX`, so a
+//! hostile address can never start a new header line or split a field, and the header stays
+//! plain ASCII. Times are kept to the microsecond. The origin is `origin smtp PEER HELO` or `origin local UID USER`. The raw
+//! message's size is the file's length minus the header's. The header is at most
+//! [`MAX_HEADER_BYTES`] long, each line at most [`MAX_HEADER_LINE`]; anything else (a wrong
+//! first line, an unknown key, a missing field, bad escapes, no blank line) is a
+//! [`FormatError`].
+//!
+//! Retry state lives beside the message in `queue/ID.retry` (`attempts N`, `next SECS.MICROS`,
+//! `error ESCAPED`), replaced atomically: written to a temporary file, fsync'd, renamed over
+//! the old one, directory fsync'd. A message without one has never been tried and is due at
+//! its arrival time. A sidecar without its message (a crash between the two unlinks of
+//! [`Spool::remove`]) is ignored and cleaned up by [`Spool::prepare`].
+//!
+//! Temporary files are named `.tmp.PID.RANDOM`: a queue ID is uppercase hex only, so neither
+//! [`Spool::list`] nor [`Spool::ingest_maildrop`] can mistake one for a message.
+//! [`Spool::prepare`] (and, for `maildrop/`, every ingestion) removes those whose process is
+//! gone or that are older than a day: a message being written was never acknowledged.
+//!
+//! # Durability
+//!
+//! A message is safe only after [`SpoolWriter::commit`] (file fsync, rename, directory fsync)
+//! returned. A failed write, fsync or rename removes the temporary file, so a full disk or a
+//! size limit never leaves a partial message behind. Delivery is at least once: a crash after
+//! the bridge accepted a message but before its removal reached the disk delivers it again.
+//!
+//! # The maildrop
+//!
+//! `maildrop/` is writable by everybody and listable by nobody but its owner (1733, sticky).
+//! `sendmail` writes there with a random name, mode 0644, and renames the finished file to
+//! `QUEUEID.RANDOM`; the daemon reads it as the spool owner. Its content is untrusted:
+//! [`Spool::ingest_maildrop`] never follows a link, accepts only regular files with one link
+//! within the size limit, replaces the claimed origin with the file owner's uid, and keeps the
+//! arrival order through the queue ID in the name. Links, FIFOs, devices, directories and
+//! oversized files are refused and removed (only the directory entry: their targets are never
+//! opened). A regular file whose header does not parse is moved to `failed/` with a reason
+//! instead, so that no message is ever deleted silently.
+//!
+//! # Ownership
+//!
+//! When a process running as root (`sendmail -q` from root's crontab, or the daemon before
+//! it drops privileges) creates a file in the spool, the file is given to the owner of the
+//! directory it is created in, so that the daemon can still read and remove it afterwards.
 
-use std::fs::File;
-use std::io;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::envelope::Envelope;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+
+use crate::envelope::{Envelope, Origin};
+
+/// The first line of every spool file: the format and its version.
+pub const MAGIC: &str = "smtp_bridge-spool 1";
+/// The longest envelope header a spool file may have (room for 1000 recipients of the longest
+/// legal address, fully escaped). Also the slack [`Spool::ingest_maildrop`] allows on top of
+/// the message size limit.
+pub const MAX_HEADER_BYTES: u64 = 4 << 20;
+/// The longest single header line, newline included.
+pub const MAX_HEADER_LINE: usize = 64 << 10;
+/// The longest `last_error` kept in the retry state, in bytes: it is for a log line and
+/// `mailq`, not for a transcript.
+const MAX_REASON: usize = 1000;
+/// A temporary file older than this is a leftover even if its process seems alive (its pid
+/// may have been reused).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Prefix of every temporary file name.
+const TEMP_PREFIX: &str = ".tmp.";
+/// Suffix of the retry-state sidecar in `queue/`.
+const RETRY_SUFFIX: &str = ".retry";
+/// Suffix of the reason file beside a message in `failed/`.
+const REASON_SUFFIX: &str = ".reason";
+/// Buffer of a [`SpoolWriter`]: the only memory a message in flight costs.
+const WRITE_BUFFER: usize = 64 << 10;
+/// Length of a queue ID: 14 hex digits of microseconds, 4 of sequence, 8 of pid.
+const ID_LEN: usize = 26;
+
+/// Why a spool file (or a maildrop entry claiming to be one) could not be read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Occurs when the first line is not [`MAGIC`] (not a spool file, or a future version).
+    BadMagic,
+    /// Occurs when the file ends before the blank line that closes the header.
+    Truncated,
+    /// Occurs when a header line is longer than [`MAX_HEADER_LINE`] or the header longer than
+    /// [`MAX_HEADER_BYTES`].
+    TooLong,
+    /// Occurs when a header line is malformed: unknown key, bad escape, bad number or
+    /// address, or a field given twice.
+    BadLine {
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// Occurs when a required field (`arrival`, `origin`, `sender`) is absent.
+    Missing(&'static str),
+    /// Occurs when the file cannot be read.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FormatError::BadMagic => write!(f, "not a spool file (bad first line)"),
+            FormatError::Truncated => write!(f, "header not terminated by a blank line"),
+            FormatError::TooLong => write!(f, "header too long"),
+            FormatError::BadLine { line, what } => write!(f, "header line {line}: {what}"),
+            FormatError::Missing(field) => write!(f, "header has no {field} line"),
+            FormatError::Io(_) => write!(f, "cannot read spool file"),
+        }
+    }
+}
+
+impl std::error::Error for FormatError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FormatError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<FormatError> for io::Error {
+    fn from(e: FormatError) -> io::Error {
+        match e {
+            FormatError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        }
+    }
+}
 
 /// A queue ID: uppercase hex, assigned at commit, sorting in commit (arrival) order across
 /// processes.
@@ -29,8 +181,46 @@ impl QueueId {
     /// A fresh ID: later than every ID this or any other process handed out before (time in
     /// microseconds, then a per-process sequence and the process ID). Used at commit, and by
     /// `sendmail` for a message the bridge took directly.
+    ///
+    /// The form is 26 uppercase hex digits: 14 of microseconds since the epoch, 4 of a
+    /// sequence that restarts every microsecond, 8 of the pid. Within a process IDs strictly
+    /// increase even when the clock steps back; across processes they sort by time.
     pub fn generate() -> QueueId {
-        todo!()
+        // (last microsecond used, sequence within it)
+        static LAST: Mutex<(u64, u32)> = Mutex::new((0, 0));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+            & 0x00FF_FFFF_FFFF_FFFF;
+        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (mut micros, mut seq) = *last;
+        if now > micros {
+            (micros, seq) = (now, 0);
+        } else if seq >= 0xFFFF {
+            // 65536 IDs within one microsecond (or a clock that went back): borrow the next
+            // microsecond rather than break the order.
+            (micros, seq) = (micros + 1, 0);
+        } else {
+            seq += 1;
+        }
+        *last = (micros, seq);
+        QueueId(format!("{micros:014X}{seq:04X}{:08X}", std::process::id()))
+    }
+
+    /// Whether this is a well-formed ID (26 uppercase hex digits). Every [`Spool`] method
+    /// refuses any other, so an ID can never name a path outside the spool.
+    pub fn is_valid(&self) -> bool {
+        is_id(self.0.as_bytes())
+    }
+
+    /// When the ID was generated (its microsecond field), if it is well-formed.
+    pub fn time(&self) -> Option<SystemTime> {
+        if !self.is_valid() {
+            return None;
+        }
+        let micros = u64::from_str_radix(&self.0[..14], 16).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_micros(micros))
     }
 }
 
@@ -38,6 +228,10 @@ impl std::fmt::Display for QueueId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+fn is_id(name: &[u8]) -> bool {
+    name.len() == ID_LEN && name.iter().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
 }
 
 /// One message waiting in `queue/`.
@@ -57,38 +251,111 @@ pub struct QueueEntry {
     pub last_error: Option<String>,
 }
 
+/// Where a [`SpoolWriter`] puts its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Area {
+    /// `queue/`, final name `ID`.
+    Queue,
+    /// `maildrop/`, final name `ID.RANDOM`.
+    Maildrop,
+}
+
 /// A message being written. Dropping it without committing removes the temporary file.
 #[derive(Debug)]
 pub struct SpoolWriter {
-    _private: (),
+    /// The open temporary file; `None` only while committing.
+    file: Option<BufWriter<File>>,
+    /// The directory it lives in.
+    dir: PathBuf,
+    /// Its temporary path.
+    temp: PathBuf,
+    area: Area,
+    /// Raw message bytes written so far.
+    size: u64,
+    /// The ID to commit under when still free (maildrop ingestion keeps the sender's ID).
+    preferred_id: Option<QueueId>,
+    /// Set once the temporary file no longer exists under its temporary name.
+    done: bool,
 }
 
 impl io::Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _ = buf;
-        todo!()
+        let file = self.file.as_mut().ok_or_else(closed)?;
+        let n = file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        todo!()
+        self.file.as_mut().ok_or_else(closed)?.flush()
     }
+}
+
+fn closed() -> io::Error {
+    io::Error::other("spool writer already committed")
 }
 
 impl SpoolWriter {
     /// Raw message bytes written so far.
     pub fn size(&self) -> u64 {
-        todo!()
+        self.size
     }
 
     /// fsyncs the file and renames it to its final name under a fresh queue ID, but does not
     /// fsync the directory: call [`Spool::sync_dir`] once for a batch of these before telling
     /// anyone the messages are safe (group commit).
     pub fn commit_file(self) -> io::Result<QueueId> {
-        todo!()
+        self.finish(false)
     }
 
     /// [`SpoolWriter::commit_file`] followed by the directory fsync: the message is safe.
     pub fn commit(self) -> io::Result<QueueId> {
-        todo!()
+        self.finish(true)
+    }
+
+    fn finish(mut self, sync_dir: bool) -> io::Result<QueueId> {
+        let buffered = self.file.take().ok_or_else(closed)?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        // fdatasync is enough: the file is new, and its size is data for this purpose.
+        file.sync_data()?;
+        let mut preferred = self.preferred_id.take();
+        // A collision is possible only with an ID a local user chose for a maildrop file, and
+        // a fresh ID never collides twice; three tries bound the loop all the same.
+        let mut last_err = None;
+        for _ in 0..3 {
+            let id = preferred.take().unwrap_or_else(QueueId::generate);
+            let name = match self.area {
+                Area::Queue => id.0.clone(),
+                Area::Maildrop => format!("{id}.{}", random_hex()),
+            };
+            let target = self.dir.join(&name);
+            match rename_noreplace(&self.temp, &target) {
+                Ok(()) => {
+                    self.done = true;
+                    if sync_dir {
+                        if let Err(e) = fsync_dir_or_fs(&self.dir, &file) {
+                            // Not durable, and the caller will say so: take the message back
+                            // rather than deliver something reported as failed.
+                            let _ = fs::remove_file(&target);
+                            return Err(e);
+                        }
+                    }
+                    return Ok(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no free queue ID")))
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // Close first, then unlink: nothing partial stays behind.
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.temp);
+        }
     }
 }
 
@@ -96,7 +363,7 @@ impl SpoolWriter {
 /// thread and `sendmail -q` never deliver the same message twice. Released on drop.
 #[derive(Debug)]
 pub struct RunnerLock {
-    _file: File,
+    _file: Flock<File>,
 }
 
 /// What [`Spool::ingest_maildrop`] did.
@@ -107,6 +374,15 @@ pub struct IngestReport {
     /// Entries refused (links, FIFOs, devices, over the size limit, unparsable), each logged
     /// and moved aside or removed as the documentation says.
     pub refused: usize,
+}
+
+/// The result of one look at `queue/`: what can be delivered, and what cannot even be read.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Readable messages, oldest first.
+    pub(crate) entries: Vec<QueueEntry>,
+    /// Messages whose header does not parse, with the reason.
+    pub(crate) corrupt: Vec<(QueueId, String)>,
 }
 
 /// The spool directory.
@@ -126,82 +402,1128 @@ impl Spool {
         &self.root
     }
 
+    fn queue_dir(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+
+    fn maildrop_dir(&self) -> PathBuf {
+        self.root.join("maildrop")
+    }
+
+    fn failed_dir(&self) -> PathBuf {
+        self.root.join("failed")
+    }
+
+    fn message_path(&self, id: &QueueId) -> io::Result<PathBuf> {
+        check_id(id)?;
+        Ok(self.queue_dir().join(&id.0))
+    }
+
+    fn retry_path(&self, id: &QueueId) -> PathBuf {
+        self.queue_dir().join(format!("{id}{RETRY_SUFFIX}"))
+    }
+
+    fn backlog_path(&self) -> PathBuf {
+        self.root.join("backlog")
+    }
+
     /// Creates the directories with their modes when missing; with `owner` (uid, gid), as
     /// root, also gives them to that user. Idempotent.
+    ///
+    /// Modes are set explicitly (the umask does not matter) and fixed when wrong. A spool
+    /// directory that others can write to (`/tmp` by mistake) is refused rather than
+    /// "fixed". Leftovers of a crash are removed: temporary files whose process is gone and
+    /// retry sidecars without their message.
     pub fn prepare(&self, owner: Option<(u32, u32)>) -> io::Result<()> {
-        let _ = owner;
-        todo!()
+        let owner = if nix::unistd::geteuid().is_root() {
+            owner
+        } else {
+            None
+        };
+        match fs::DirBuilder::new().recursive(true).create(&self.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = fs::metadata(&self.root)?;
+        if meta.mode() & 0o002 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "spool directory {} is writable by everyone; use a dedicated directory",
+                    self.root.display()
+                ),
+            ));
+        }
+        ensure_dir(&self.root, 0o755, owner)?;
+        ensure_dir(&self.maildrop_dir(), 0o1733, owner)?;
+        ensure_dir(&self.queue_dir(), 0o700, owner)?;
+        ensure_dir(&self.failed_dir(), 0o700, owner)?;
+        for dir in [self.queue_dir(), self.failed_dir(), self.maildrop_dir()] {
+            remove_stale_temps(&dir)?;
+        }
+        // Sidecars whose message is gone.
+        for name in read_names(&self.queue_dir())? {
+            let bytes = name.as_bytes();
+            if let Some(id) = bytes.strip_suffix(RETRY_SUFFIX.as_bytes()) {
+                if is_id(id) && !self.queue_dir().join(OsStr::from_bytes(id)).exists() {
+                    log::info!("removed retry state {} without its message", escape(bytes));
+                    remove_if_exists(&self.queue_dir().join(&name))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts a message in `queue/` (the daemon, or a process running as the spool owner).
     pub fn create(&self, envelope: &Envelope) -> io::Result<SpoolWriter> {
-        let _ = envelope;
-        todo!()
+        SpoolWriter::start(&self.queue_dir(), Area::Queue, envelope, None)
     }
 
     /// Starts a message in `maildrop/` (any local user, no privileges needed).
     pub fn create_maildrop(&self, envelope: &Envelope) -> io::Result<SpoolWriter> {
-        let _ = envelope;
-        todo!()
+        SpoolWriter::start(&self.maildrop_dir(), Area::Maildrop, envelope, None)
     }
 
     /// fsyncs `queue/` (and `maildrop/`), making every renamed file durable.
+    ///
+    /// Directories that this process may not open for reading (`maildrop/` for anyone but
+    /// the owner) are made durable with a `syncfs` of their file system instead.
     pub fn sync_dir(&self) -> io::Result<()> {
-        todo!()
+        fsync_dir(&self.queue_dir())?;
+        match fsync_dir(&self.maildrop_dir()) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                let dir = File::open(&self.root)?;
+                nix::unistd::syncfs(dir.as_fd()).map_err(io::Error::from)
+            }
+            other => other,
+        }
     }
 
     /// Moves what local users left in `maildrop/` into `queue/`, in arrival order, treating
     /// every entry as untrusted: no links followed, regular files only, one link, at most
     /// `max_size` bytes.
+    ///
+    /// Each entry is first examined with `lstat`, so a symbolic link, FIFO, device or
+    /// directory is refused without ever being opened; a regular file is then opened with
+    /// `O_NOFOLLOW | O_NONBLOCK` and checked again with `fstat` (same inode, still regular,
+    /// one link, within `max_size` + [`MAX_HEADER_BYTES`]). Refused entries are logged as
+    /// `refused maildrop entry NAME: reason` and unlinked (only the entry: a link's target is
+    /// untouched); a regular file whose header does not parse moves to `failed/` with a
+    /// reason file instead. An accepted message keeps the queue ID in its name when that is a
+    /// valid ID not in the future and still free, so maildrop and SMTP mail interleave in
+    /// commit order; its origin becomes the file owner's uid, whatever the header claimed.
+    /// The maildrop entry is unlinked only after the copy in `queue/` is durable.
     pub fn ingest_maildrop(&self, max_size: u64) -> io::Result<IngestReport> {
-        let _ = max_size;
-        todo!()
+        let dir = self.maildrop_dir();
+        remove_stale_temps(&dir)?;
+        let mut names: Vec<OsString> = read_names(&dir)?
+            .into_iter()
+            .filter(|n| !n.as_bytes().starts_with(b"."))
+            .collect();
+        names.sort();
+        let mut report = IngestReport::default();
+        let mut moved: Vec<PathBuf> = Vec::new();
+        let mut failure = None;
+        for name in names {
+            match self.ingest_one(&dir, &name, max_size) {
+                Ok(Ingested::Accepted(path)) => {
+                    report.accepted += 1;
+                    moved.push(path);
+                }
+                Ok(Ingested::Refused) => report.refused += 1,
+                Ok(Ingested::Gone) => {}
+                Err(e) => {
+                    // Out of space or the like: stop here, keep what is left for later, but
+                    // still finish what was already copied.
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if !moved.is_empty() {
+            fsync_dir(&self.queue_dir())?;
+            for path in &moved {
+                remove_if_exists(path)?;
+            }
+            fsync_dir(&dir)?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    fn ingest_one(&self, dir: &Path, name: &OsStr, max_size: u64) -> io::Result<Ingested> {
+        let path = dir.join(name);
+        let shown = escape(name.as_bytes());
+        let limit = max_size.saturating_add(MAX_HEADER_BYTES);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
+            Err(e) => return Err(e),
+        };
+        if let Some(reason) = refusal(&meta, limit) {
+            return self.refuse(&path, &shown, &reason, meta.is_dir());
+        }
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits(),
+            )
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
+            Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
+                return self.refuse(&path, &shown, "symbolic link", false)
+            }
+            Err(e) => return self.refuse(&path, &shown, &format!("cannot open: {e}"), false),
+        };
+        let fmeta = file.metadata()?;
+        if fmeta.ino() != meta.ino() || fmeta.dev() != meta.dev() {
+            return self.refuse(&path, &shown, "replaced while being opened", false);
+        }
+        if let Some(reason) = refusal(&fmeta, limit) {
+            return self.refuse(&path, &shown, &reason, false);
+        }
+        let mut reader = BufReader::new(file.take(limit.saturating_add(1)));
+        let (mut envelope, header_len) = match parse_header(&mut reader) {
+            Ok(parsed) => parsed,
+            Err(FormatError::Io(e)) => return Err(e),
+            Err(e) => {
+                self.move_aside(&path, &shown, &e.to_string())?;
+                return Ok(Ingested::Refused);
+            }
+        };
+        // The header is the sender's word; the file's owner is the kernel's.
+        let uid = fmeta.uid();
+        envelope.origin = Origin::Local {
+            uid,
+            user: user_name(uid),
+        };
+        let now = SystemTime::now();
+        if envelope.arrival > now {
+            envelope.arrival = now;
+        }
+        let preferred = name
+            .as_bytes()
+            .get(..ID_LEN)
+            .filter(|p| is_id(p) && name.as_bytes().get(ID_LEN) == Some(&b'.'))
+            .map(|p| QueueId(String::from_utf8_lossy(p).into_owned()))
+            .filter(|id| id.time().is_some_and(|t| t <= now));
+        let mut writer = SpoolWriter::start(&self.queue_dir(), Area::Queue, &envelope, preferred)?;
+        let copied = io::copy(&mut reader.take(max_size.saturating_add(1)), &mut writer)?;
+        if copied > max_size {
+            drop(writer);
+            return self.refuse(
+                &path,
+                &shown,
+                &format!("too big (more than {max_size} bytes)"),
+                false,
+            );
+        }
+        let size = writer.size();
+        debug_assert_eq!(size, copied);
+        let id = writer.commit_file()?;
+        log::info!(
+            "{id}: from=<{}>, size={size}, nrcpt={}, uid={uid} (from maildrop, header {header_len} bytes)",
+            escape(envelope.sender.as_bytes()),
+            envelope.recipients.len(),
+        );
+        Ok(Ingested::Accepted(path))
+    }
+
+    fn refuse(&self, path: &Path, shown: &str, reason: &str, dir: bool) -> io::Result<Ingested> {
+        log::warn!("refused maildrop entry {shown}: {reason}");
+        // unlink removes the entry itself, never what a link points to.
+        let removed = if dir {
+            fs::remove_dir(path)
+        } else {
+            fs::remove_file(path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove maildrop entry {shown}: {e}"),
+        }
+        Ok(Ingested::Refused)
+    }
+
+    fn move_aside(&self, path: &Path, shown: &str, reason: &str) -> io::Result<()> {
+        let id = QueueId::generate();
+        let failed = self.failed_dir();
+        log::error!("refused maildrop entry {shown}: {reason}; moved to failed/{id}");
+        write_atomic(
+            &failed,
+            &format!("{id}{REASON_SUFFIX}"),
+            format!(
+                "reason: unreadable maildrop file {shown}: {reason}\nfailed: {}\n",
+                crate::datetime::iso(SystemTime::now())
+            )
+            .as_bytes(),
+            0o600,
+        )?;
+        fs::rename(path, failed.join(&id.0))?;
+        fsync_dir(&failed)
     }
 
     /// The messages in `queue/`, oldest first.
+    ///
+    /// A file that cannot be parsed is left out and logged; the delivery pass moves such a
+    /// file to `failed/`.
     pub fn list(&self) -> io::Result<Vec<QueueEntry>> {
-        todo!()
+        let scan = self.scan()?;
+        for (id, reason) in &scan.corrupt {
+            log::warn!("{id}: unreadable spool file: {reason}");
+        }
+        Ok(scan.entries)
+    }
+
+    /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
+    pub(crate) fn scan(&self) -> io::Result<Scan> {
+        let mut ids: Vec<QueueId> = read_names(&self.queue_dir())?
+            .into_iter()
+            .filter(|n| is_id(n.as_bytes()))
+            .map(|n| QueueId(n.to_string_lossy().into_owned()))
+            .collect();
+        ids.sort();
+        let mut scan = Scan::default();
+        for id in ids {
+            match self.open_entry(&id) {
+                Ok((entry, _)) => scan.entries.push(entry),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    scan.corrupt.push((id, e.to_string()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(scan)
+    }
+
+    fn open_entry(&self, id: &QueueId) -> io::Result<(QueueEntry, BufReader<File>)> {
+        let path = self.message_path(id)?;
+        let file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        let mut reader = BufReader::new(file);
+        let (envelope, header_len) = parse_header(&mut reader)?;
+        let retry = self.read_retry(id);
+        let entry = QueueEntry {
+            id: id.clone(),
+            size: len.saturating_sub(header_len),
+            attempts: retry.attempts,
+            next_attempt: retry.next.unwrap_or(envelope.arrival),
+            last_error: retry.error,
+            envelope,
+        };
+        Ok((entry, reader))
     }
 
     /// One queued message: its entry and up to `limit` bytes of the raw message.
     pub fn read(&self, id: &QueueId, limit: usize) -> io::Result<(QueueEntry, Vec<u8>)> {
-        let _ = (id, limit);
-        todo!()
+        let (entry, reader) = self.open_entry(id)?;
+        let want = usize::try_from(entry.size).unwrap_or(usize::MAX).min(limit);
+        let mut bytes = Vec::with_capacity(want);
+        reader.take(want as u64).read_to_end(&mut bytes)?;
+        Ok((entry, bytes))
     }
 
     /// Removes a delivered message.
+    ///
+    /// The message goes first, then its retry state, then the directory is fsync'd so that a
+    /// crash cannot bring a delivered message back.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
-        let _ = id;
-        todo!()
+        fs::remove_file(self.message_path(id)?)?;
+        remove_if_exists(&self.retry_path(id))?;
+        fsync_dir(&self.queue_dir())
     }
 
     /// Records a failed attempt atomically: the attempt count, when to try next, and why.
     pub fn defer(&self, id: &QueueId, next_attempt: SystemTime, reason: &str) -> io::Result<()> {
-        let _ = (id, next_attempt, reason);
-        todo!()
+        // Refuse to create retry state for a message that is not there.
+        fs::symlink_metadata(self.message_path(id)?)?;
+        let previous = self.read_retry(id);
+        let state = RetryState {
+            attempts: previous.attempts.saturating_add(1),
+            next: Some(next_attempt),
+            error: Some(truncate(reason, MAX_REASON).to_owned()),
+        };
+        write_atomic(
+            &self.queue_dir(),
+            &format!("{id}{RETRY_SUFFIX}"),
+            state.encode().as_bytes(),
+            0o600,
+        )
     }
 
     /// Moves a message whose lifetime ran out to `failed/`, with the reason beside it.
+    ///
+    /// The reason file (`failed/ID.reason`: reason, time, attempts, arrival, sender,
+    /// recipients) is written and fsync'd before the message moves, so a message in
+    /// `failed/` always has its reason.
     pub fn fail(&self, id: &QueueId, reason: &str) -> io::Result<()> {
-        let _ = (id, reason);
-        todo!()
+        let path = self.message_path(id)?;
+        let failed = self.failed_dir();
+        let mut text = format!(
+            "reason: {}\nfailed: {}\n",
+            escape_text(truncate(reason, MAX_REASON)),
+            crate::datetime::iso(SystemTime::now())
+        );
+        match self.open_entry(id) {
+            Ok((entry, _)) => {
+                text.push_str(&format!(
+                    "attempts: {}\narrival: {}\nsender: <{}>\n",
+                    entry.attempts,
+                    crate::datetime::iso(entry.envelope.arrival),
+                    escape(entry.envelope.sender.as_bytes())
+                ));
+                for rcpt in &entry.envelope.recipients {
+                    text.push_str(&format!("recipient: <{}>\n", escape(rcpt.as_bytes())));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => text.push_str(&format!("header: {e}\n")),
+        }
+        write_atomic(
+            &failed,
+            &format!("{id}{REASON_SUFFIX}"),
+            text.as_bytes(),
+            0o600,
+        )?;
+        fs::rename(&path, failed.join(&id.0))?;
+        remove_if_exists(&self.retry_path(id))?;
+        fsync_dir(&failed)?;
+        fsync_dir(&self.queue_dir())
     }
 
     /// Takes the queue-runner lock; `None` when another process holds it and `wait` is false.
     pub fn lock_runner(&self, wait: bool) -> io::Result<Option<RunnerLock>> {
-        let _ = wait;
-        todo!()
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(self.root.join("queue.lock"))?;
+        adopt(&file, &self.root)?;
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let mut file = file;
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(lock) => return Ok(Some(RunnerLock { _file: lock })),
+                Err((_, Errno::EWOULDBLOCK)) if !wait => return Ok(None),
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, errno)) => return Err(errno.into()),
+            }
+        }
     }
 
     /// Marks (or clears) that delivery is backed up, so that `sendmail` spools new mail behind
     /// the waiting messages instead of overtaking them. Readable by every user.
+    ///
+    /// The marker is advisory and not fsync'd: after a crash it may be stale either way until
+    /// the next delivery pass sets it right.
     pub fn set_backlog(&self, backlog: bool) -> io::Result<()> {
-        let _ = backlog;
-        todo!()
+        let path = self.backlog_path();
+        if !backlog {
+            return remove_if_exists(&path);
+        }
+        if fs::symlink_metadata(&path).is_ok() {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&path)?;
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        adopt(&file, &self.root)
     }
 
     /// Whether delivery is backed up (see [`Spool::set_backlog`]).
     pub fn has_backlog(&self) -> bool {
-        todo!()
+        fs::symlink_metadata(self.backlog_path()).is_ok()
+    }
+
+    fn read_retry(&self, id: &QueueId) -> RetryState {
+        let path = self.retry_path(id);
+        let mut text = String::new();
+        let read = File::open(&path).and_then(|f| f.take(64 << 10).read_to_string(&mut text));
+        match read {
+            Ok(_) => RetryState::parse(&text).unwrap_or_else(|| {
+                log::warn!("{id}: unreadable retry state, treating as never tried");
+                RetryState::default()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => RetryState::default(),
+            Err(e) => {
+                log::warn!("{id}: cannot read retry state: {e}");
+                RetryState::default()
+            }
+        }
+    }
+}
+
+/// What became of one maildrop entry.
+enum Ingested {
+    /// Copied into `queue/` (not yet durable); the maildrop path to unlink once it is.
+    Accepted(PathBuf),
+    /// Refused, logged, removed or moved aside.
+    Refused,
+    /// Vanished before we got to it.
+    Gone,
+}
+
+/// Why a maildrop entry must not be read, judged from its (l)stat.
+fn refusal(meta: &fs::Metadata, limit: u64) -> Option<String> {
+    let ft = meta.file_type();
+    let kind = if ft.is_symlink() {
+        Some("symbolic link")
+    } else if ft.is_dir() {
+        Some("directory")
+    } else if ft.is_fifo() {
+        Some("FIFO")
+    } else if ft.is_socket() {
+        Some("socket")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("device")
+    } else if !ft.is_file() {
+        Some("not a regular file")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Some(kind.to_owned());
+    }
+    if meta.nlink() != 1 {
+        return Some(format!("hard link ({} links)", meta.nlink()));
+    }
+    if meta.len() > limit {
+        return Some(format!("too big ({} bytes, limit {limit})", meta.len()));
+    }
+    None
+}
+
+impl SpoolWriter {
+    fn start(
+        dir: &Path,
+        area: Area,
+        envelope: &Envelope,
+        preferred_id: Option<QueueId>,
+    ) -> io::Result<SpoolWriter> {
+        let header = encode_header(envelope)?;
+        let temp = dir.join(temp_name());
+        let mode = match area {
+            Area::Queue => 0o600,
+            Area::Maildrop => 0o644,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&temp)?;
+        // From here on, dropping the writer removes the file.
+        let mut writer = SpoolWriter {
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            dir: dir.to_path_buf(),
+            temp,
+            area,
+            size: 0,
+            preferred_id,
+            done: false,
+        };
+        if let Some(f) = writer.file.as_mut() {
+            match area {
+                // The umask must not make it unreadable for the daemon.
+                Area::Maildrop => f
+                    .get_ref()
+                    .set_permissions(fs::Permissions::from_mode(0o644))?,
+                Area::Queue => adopt(f.get_ref(), dir)?,
+            }
+            f.write_all(&header)?;
+        }
+        Ok(writer)
+    }
+}
+
+/// Retry state of one message, as kept in its sidecar.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct RetryState {
+    attempts: u32,
+    next: Option<SystemTime>,
+    error: Option<String>,
+}
+
+impl RetryState {
+    fn encode(&self) -> String {
+        let mut text = format!("attempts {}\n", self.attempts);
+        if let Some(next) = self.next {
+            text.push_str(&format!("next {}\n", encode_time(next)));
+        }
+        if let Some(error) = &self.error {
+            text.push_str(&format!("error {}\n", escape(error.as_bytes())));
+        }
+        text
+    }
+
+    fn parse(text: &str) -> Option<RetryState> {
+        let mut state = RetryState::default();
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ')?;
+            match key {
+                "attempts" => state.attempts = value.parse().ok()?,
+                "next" => state.next = Some(parse_time(value)?),
+                "error" => {
+                    state.error = Some(String::from_utf8_lossy(&unescape(value)?).into_owned())
+                }
+                _ => return None,
+            }
+        }
+        Some(state)
+    }
+}
+
+/// `%XX`-escapes every byte outside `!`..`~` and `%` itself.
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Like [`escape`] but keeps spaces and non-ASCII text readable: for reason files and logs
+/// that humans read, where only control characters are dangerous.
+fn escape_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if (0x21..=0x7e).contains(&b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn unescape_str(s: &str) -> Option<String> {
+    String::from_utf8(unescape(s)?).ok()
+}
+
+fn encode_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let (secs, micros) = s.split_once('.')?;
+    if micros.len() != 6
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !micros.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let d = Duration::from_secs(secs.parse().ok()?) + Duration::from_micros(micros.parse().ok()?);
+    UNIX_EPOCH.checked_add(d)
+}
+
+/// The header of a spool file for `envelope`, blank line included.
+fn encode_header(envelope: &Envelope) -> io::Result<Vec<u8>> {
+    let mut lines = vec![
+        MAGIC.to_owned(),
+        format!("arrival {}", encode_time(envelope.arrival)),
+    ];
+    lines.push(match &envelope.origin {
+        Origin::Smtp { peer, helo } => format!("origin smtp {peer} {}", escape(helo.as_bytes())),
+        Origin::Local { uid, user } => format!("origin local {uid} {}", escape(user.as_bytes())),
+    });
+    lines.push(format!("sender {}", escape(envelope.sender.as_bytes())));
+    for rcpt in &envelope.recipients {
+        lines.push(format!("rcpt {}", escape(rcpt.as_bytes())));
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        if line.len() + 1 > MAX_HEADER_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "envelope field too long for the spool header",
+            ));
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    if out.len() as u64 > MAX_HEADER_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "envelope too large for the spool header",
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads and checks a header, leaving `reader` at the first byte of the raw message.
+/// Returns the envelope and the header's length in bytes (blank line included).
+fn parse_header<R: BufRead>(reader: &mut R) -> Result<(Envelope, u64), FormatError> {
+    let mut consumed: u64 = 0;
+    let mut line = Vec::new();
+    let mut arrival = None;
+    let mut origin = None;
+    let mut sender = None;
+    let mut recipients = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let n = reader
+            .by_ref()
+            .take(MAX_HEADER_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(FormatError::Io)?;
+        consumed += n as u64;
+        if consumed > MAX_HEADER_BYTES {
+            return Err(FormatError::TooLong);
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(if n == MAX_HEADER_LINE {
+                FormatError::TooLong
+            } else if number == 1 {
+                FormatError::BadMagic
+            } else {
+                FormatError::Truncated
+            });
+        }
+        line.pop();
+        let bad = |what| FormatError::BadLine { line: number, what };
+        if number == 1 {
+            if line != MAGIC.as_bytes() {
+                return Err(FormatError::BadMagic);
+            }
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| bad("not ASCII"))?;
+        let (key, value) = text.split_once(' ').ok_or_else(|| bad("no value"))?;
+        match key {
+            "arrival" if arrival.is_none() => {
+                arrival = Some(parse_time(value).ok_or_else(|| bad("bad time"))?)
+            }
+            "origin" if origin.is_none() => {
+                origin = Some(parse_origin(value).ok_or_else(|| bad("bad origin"))?)
+            }
+            "sender" if sender.is_none() => {
+                sender = Some(unescape_str(value).ok_or_else(|| bad("bad escape"))?)
+            }
+            "rcpt" => recipients.push(unescape_str(value).ok_or_else(|| bad("bad escape"))?),
+            "arrival" | "origin" | "sender" => return Err(bad("field given twice")),
+            _ => return Err(bad("unknown key")),
+        }
+    }
+    let envelope = Envelope {
+        arrival: arrival.ok_or(FormatError::Missing("arrival"))?,
+        origin: origin.ok_or(FormatError::Missing("origin"))?,
+        sender: sender.ok_or(FormatError::Missing("sender"))?,
+        recipients,
+    };
+    Ok((envelope, consumed))
+}
+
+fn parse_origin(value: &str) -> Option<Origin> {
+    let mut parts = value.splitn(3, ' ');
+    let kind = parts.next()?;
+    let first = parts.next()?;
+    let second = unescape_str(parts.next()?)?;
+    match kind {
+        "smtp" => Some(Origin::Smtp {
+            peer: first.parse::<SocketAddr>().ok()?,
+            helo: second,
+        }),
+        "local" => Some(Origin::Local {
+            uid: first.parse().ok()?,
+            user: second,
+        }),
+        _ => None,
+    }
+}
+
+fn check_id(id: &QueueId) -> io::Result<()> {
+    if id.is_valid() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid queue ID {}", escape(id.0.as_bytes())),
+        ))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The login name of `uid`, or `uid<N>` when it has none.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid{uid}"),
+    }
+}
+
+/// 128 unpredictable bits as hex, for names other users must not guess. `RandomState` keys
+/// come from the operating system's random source once per thread and are never revealed,
+/// so SipHash under them is unpredictable without opening any device (the shim may run in
+/// a chroot without `/dev/urandom`).
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut halves = [0u64; 2];
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(count);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_usize(i);
+        *half = h.finish();
+    }
+    format!("{:016x}{:016x}", halves[0], halves[1])
+}
+
+fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{}.{}", std::process::id(), random_hex())
+}
+
+/// Renames without replacing an existing target (`AlreadyExists` then).
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // File systems without renameat2 flags: fall back to link + unlink below.
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
+}
+
+/// Gives `file` to the owner of `dir` when we are root and `dir` is someone else's, so that
+/// the daemon can still read what root wrote into its spool.
+fn adopt(file: &File, dir: &Path) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = fs::metadata(dir)?;
+    let own = file.metadata()?;
+    if meta.uid() != own.uid() || meta.gid() != own.gid() {
+        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` if missing and gives it `mode` (and `owner`), without following a link.
+fn ensure_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("spool directory {}: {e}", path.display()))
+        })?;
+    let meta = dir.metadata()?;
+    if let Some((uid, gid)) = owner {
+        if meta.uid() != uid || meta.gid() != gid {
+            std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))?;
+        }
+    }
+    // chown may clear the sticky and set-id bits, so the mode comes after it.
+    if meta.mode() & 0o7777 != mode || owner.is_some() {
+        dir.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// The names in `dir` (without `.` and `..`).
+fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name());
+    }
+    Ok(names)
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes temporary files in `dir` whose writer is gone (its pid, from the name, no longer
+/// exists) or that are older than [`STALE_TEMP_AGE`].
+fn remove_stale_temps(dir: &Path) -> io::Result<()> {
+    let now = SystemTime::now();
+    for name in read_names(dir)? {
+        let Some(rest) = name.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let pid = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split('.').next())
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|p| *p > 0);
+        let writer_gone = match pid {
+            Some(pid) if pid as u32 == std::process::id() => false,
+            Some(pid) => matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(Errno::ESRCH)
+            ),
+            None => true,
+        };
+        let path = dir.join(&name);
+        let old = fs::symlink_metadata(&path)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if writer_gone || old {
+            log::info!(
+                "removed leftover temporary file {}/{}",
+                dir.display(),
+                escape(name.as_bytes())
+            );
+            remove_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory, so that renames and unlinks in it are durable.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+        .open(dir)?;
+    d.sync_all()
+}
+
+/// fsyncs `dir`, or, when this process may not open it (an unprivileged user and the 1733
+/// maildrop), the whole file system through `file`, which commits the rename just the same.
+fn fsync_dir_or_fs(dir: &Path, file: &File) -> io::Result<()> {
+    match fsync_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            nix::unistd::syncfs(file.as_fd()).map_err(io::Error::from)
+        }
+        other => other,
+    }
+}
+
+/// Writes `name` in `dir` atomically: temporary file, fsync, rename over, directory fsync.
+fn write_atomic(dir: &Path, name: &str, content: &[u8], mode: u32) -> io::Result<()> {
+    let temp = dir.join(temp_name());
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&temp)?;
+        adopt(&file, dir)?;
+        file.write_all(content)?;
+        file.sync_data()?;
+        fs::rename(&temp, dir.join(name))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    fn envelope(origin: Origin) -> Envelope {
+        Envelope {
+            sender: "a b%c\r\nrcpt evil@x@example.org".into(),
+            recipients: vec![
+                "bob@example.org".into(),
+                "".into(),
+                "caf\u{e9}@\u{1F600}.example".into(),
+            ],
+            origin,
+            arrival: UNIX_EPOCH + Duration::from_micros(1_795_529_786_123_456),
+        }
+    }
+
+    #[test]
+    fn header_round_trips_hostile_fields() {
+        let origins = [
+            Origin::Local {
+                uid: 1000,
+                user: "ali ce\n".into(),
+            },
+            Origin::Smtp {
+                peer: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 2525),
+                helo: "".into(),
+            },
+            Origin::Smtp {
+                peer: "127.0.0.1:4".parse().unwrap(),
+                helo: "x y\r\nrcpt z".into(),
+            },
+        ];
+        for origin in origins {
+            let env = envelope(origin);
+            let header = encode_header(&env).unwrap();
+            // One line per field, nothing injected.
+            let text = std::str::from_utf8(&header).unwrap();
+            assert!(text.is_ascii());
+            assert_eq!(text.lines().filter(|l| l.starts_with("rcpt ")).count(), 3);
+            let mut raw = header.clone();
+            raw.extend_from_slice(b"Subject: x\r\n\r\nbody");
+            let mut reader = &raw[..];
+            let (parsed, len) = parse_header(&mut reader).unwrap();
+            assert_eq!(parsed, env);
+            assert_eq!(len, header.len() as u64);
+            assert_eq!(reader, b"Subject: x\r\n\r\nbody");
+        }
+    }
+
+    #[test]
+    fn garbage_headers_are_format_errors() {
+        let good = String::from_utf8(
+            encode_header(&envelope(Origin::Local {
+                uid: 0,
+                user: "root".into(),
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let long = format!("{MAGIC}\nsender {}\n\n", "a".repeat(MAX_HEADER_LINE));
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "BadMagic"),
+            ("From x\n\nbody".into(), "BadMagic"),
+            ("smtp_bridge-spool 2\n\n".into(), "BadMagic"),
+            (good.trim_end().to_owned(), "Truncated"),
+            (good.replace("arrival ", "arrival x"), "BadLine"),
+            (good.replace("sender ", "sender a%zz"), "BadLine"),
+            (good.replace("sender ", "sender \u{1}"), "BadLine"),
+            (good.replace("origin local", "origin remote"), "BadLine"),
+            (good.replace("rcpt ", "bcc "), "BadLine"),
+            (good.replacen("rcpt ", "sender x\nrcpt ", 1), "BadLine"),
+            (good.replace("origin", "x-origin"), "BadLine"),
+            (
+                format!("{MAGIC}\nsender a\norigin local 1 a\n\n"),
+                "Missing",
+            ),
+            (long, "TooLong"),
+        ];
+        for (text, want) in cases {
+            let err = parse_header(&mut text.as_bytes()).unwrap_err();
+            let got = format!("{err:?}");
+            assert!(got.starts_with(want), "{text:?}: got {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn escape_round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let escaped = escape(&all);
+        assert!(escaped.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        assert_eq!(unescape(&escaped).unwrap(), all);
+        assert_eq!(unescape("%4"), None);
+        assert_eq!(unescape("a b"), None);
+    }
+
+    #[test]
+    fn retry_state_round_trips() {
+        let state = RetryState {
+            attempts: 7,
+            next: Some(UNIX_EPOCH + Duration::from_micros(1_795_529_786_000_001)),
+            error: Some("connection refused\nrcpt x".into()),
+        };
+        assert_eq!(RetryState::parse(&state.encode()), Some(state));
+        assert_eq!(RetryState::parse("attempts x\n"), None);
+        assert_eq!(RetryState::parse("bogus 1\n"), None);
+    }
+
+    #[test]
+    fn ids_are_valid_increasing_and_timed() {
+        let mut last = QueueId::generate();
+        for _ in 0..10_000 {
+            let id = QueueId::generate();
+            assert!(id.is_valid(), "{id}");
+            assert!(id > last, "{id} <= {last}");
+            last = id;
+        }
+        let t = last.time().unwrap();
+        let now = SystemTime::now();
+        assert!(t <= now && now.duration_since(t).unwrap() < Duration::from_secs(60));
+        for bad in ["", "../etc/passwd", "0123456789abcdef0123456789", "X"] {
+            assert!(!QueueId(bad.into()).is_valid());
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("h\u{e9}llo", 2), "h");
+        assert_eq!(truncate("abc", 5), "abc");
     }
 }

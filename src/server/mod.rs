@@ -1,0 +1,766 @@
+//! The daemon's event loop: one mio thread that accepts connections, moves bytes between
+//! sockets and [`crate::smtp::Session`]s, runs the timers, and reacts to signals. Disk I/O
+//! runs on the spool worker ([`spool_worker`]) and delivery on the
+//! [`crate::deliver::DeliveryThread`]; both only ever talk to the loop through channels and a
+//! [`mio::Waker`], so nothing here blocks.
+//!
+//! Loop rules (mio's `Poll` documentation): every readiness event is drained until
+//! `WouldBlock`, `Interrupted` is retried, spurious events are harmless (every handler just
+//! tries and stops at `WouldBlock`), and WRITABLE interest is registered only while replies
+//! are pending. A connection whose socket we stop reading (backpressure) is driven again
+//! explicitly when the reason goes away, since edge-triggered readiness will not repeat.
+
+pub mod listen;
+
+mod conn;
+mod spool_worker;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::errno::Errno;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::{Cidr, Config, ConfigError};
+use crate::deliver::DeliveryThread;
+use crate::smtp::{replies, Session, SessionConfig};
+use crate::spool::Spool;
+
+use conn::{Conn, JobSink, Reason, READ_CHUNK};
+use spool_worker::{Done, Job, SpoolWorker};
+
+/// Longest command line (CRLF included) a session accepts; longer lines get `500 5.5.2`.
+/// RFC 5321 asks for 512; Postfix allows 2048, which SMTPUTF8 addresses and long ESMTP
+/// parameter lists can need.
+pub const MAX_LINE_LENGTH: usize = 2048;
+/// How long a connection we decided to close may take to read its last reply.
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
+/// How long after SIGTERM sessions in flight may still finish.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long accepting stays paused after EMFILE/ENFILE when no connection closes sooner.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+
+const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Listener tokens are `LISTENER_BASE + index`; connection tokens count up from 0 and never
+/// reach this, so a stale event for a closed connection can never hit a listener.
+const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// Why the event loop could not run.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Occurs when the poller, the waker, the signal pipe or a worker thread cannot be set
+    /// up, or polling fails for good.
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Io { what, .. } => write!(f, "event loop: cannot {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+    move |source| ServerError::Io { what, source }
+}
+
+/// What the loop needs to run; everything privileged was done before.
+pub struct Options {
+    /// The effective configuration.
+    pub config: Config,
+    /// Bound (or inherited) listening sockets, non-blocking.
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The running delivery thread, nudged after every commit and stopped at exit.
+    pub delivery: DeliveryThread,
+    /// Re-reads the configuration on SIGHUP.
+    pub reload: Box<dyn FnMut() -> Result<Config, ConfigError>>,
+    /// How long sessions in flight may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("listeners", &self.listeners)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings that shape new sessions; replaced on SIGHUP.
+#[derive(Debug, Clone)]
+struct Limits {
+    session: SessionConfig,
+    max_connections: usize,
+    idle_timeout: Duration,
+    session_timeout: Duration,
+    allowed_clients: Vec<Cidr>,
+}
+
+impl Limits {
+    fn from_config(c: &Config) -> Limits {
+        Limits {
+            session: session_config(c),
+            max_connections: c.max_connections,
+            idle_timeout: c.idle_timeout,
+            session_timeout: c.session_timeout,
+            allowed_clients: c.allowed_clients.clone(),
+        }
+    }
+}
+
+/// The SMTP engine's settings derived from the configuration.
+pub fn session_config(c: &Config) -> SessionConfig {
+    SessionConfig {
+        hostname: c.hostname.clone(),
+        max_message_size: c.max_message_size,
+        max_recipients: c.max_recipients,
+        max_line_length: MAX_LINE_LENGTH,
+    }
+}
+
+/// Whether `ip` may connect: IPv4-mapped IPv6 peers are matched as IPv4 by [`Cidr`].
+pub fn is_allowed(allowed: &[Cidr], ip: IpAddr) -> bool {
+    allowed.iter().any(|c| c.contains(ip))
+}
+
+/// Jobs for the worker, with local answers when the worker is gone.
+struct Jobs<'a> {
+    worker: &'a SpoolWorker,
+    local: &'a mut VecDeque<Done>,
+}
+
+impl JobSink for Jobs<'_> {
+    fn submit(&mut self, job: Job) {
+        if let Err(job) = self.worker.send(job) {
+            match job {
+                Job::Write { conn, data } => self.local.push_back(Done::Written {
+                    conn,
+                    bytes: data.len(),
+                }),
+                Job::Commit { conn } => self.local.push_back(Done::Committed {
+                    conn,
+                    result: Err("spool worker is not running".to_owned()),
+                }),
+                Job::Open { .. } | Job::Abort { .. } => {}
+            }
+        }
+    }
+}
+
+/// The loop's state.
+struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    /// Whether listeners are registered (not paused after EMFILE).
+    accepting: bool,
+    accept_retry: Option<Instant>,
+    conns: HashMap<usize, Conn>,
+    next_token: usize,
+    next_conn_id: u64,
+    timers: BTreeSet<(Instant, usize)>,
+    worker: SpoolWorker,
+    local_done: VecDeque<Done>,
+    delivery: DeliveryThread,
+    signals: Signals,
+    config: Config,
+    limits: Limits,
+    reload: Box<dyn FnMut() -> Result<Config, ConfigError>>,
+    grace: Duration,
+    /// Set by SIGTERM/SIGINT: when the grace period ends.
+    shutdown_at: Option<Instant>,
+    /// Set when the grace period is over and the remaining sessions got 421.
+    shutdown_forced: bool,
+    scratch: Vec<u8>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: returns after the sessions in flight finished (or
+/// the grace period ran out), the spool worker stopped and the delivery thread stopped.
+pub fn serve(options: Options) -> Result<(), ServerError> {
+    let Options {
+        config,
+        listeners,
+        delivery,
+        reload,
+        shutdown_grace,
+    } = options;
+    let poll = Poll::new().map_err(io_err("create the poller"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create the waker"))?);
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("catch signals"))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(io_err("register signals"))?;
+    let mut mio_listeners = Vec::with_capacity(listeners.len());
+    for (i, l) in listeners.into_iter().enumerate() {
+        l.set_nonblocking(true)
+            .map_err(io_err("make a listener non-blocking"))?;
+        let mut l = TcpListener::from_std(l);
+        poll.registry()
+            .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)
+            .map_err(io_err("register a listener"))?;
+        if let Ok(addr) = l.local_addr() {
+            log::info!("listening on {addr}");
+        }
+        mio_listeners.push(l);
+    }
+    let worker = SpoolWorker::spawn(Spool::new(config.spool_dir.clone()), waker)
+        .map_err(io_err("start the spool worker"))?;
+    let mut server = Server {
+        poll,
+        listeners: mio_listeners,
+        accepting: true,
+        accept_retry: None,
+        conns: HashMap::new(),
+        next_token: 0,
+        next_conn_id: 1,
+        timers: BTreeSet::new(),
+        worker,
+        local_done: VecDeque::new(),
+        delivery,
+        signals,
+        limits: Limits::from_config(&config),
+        config,
+        reload,
+        grace: shutdown_grace,
+        shutdown_at: None,
+        shutdown_forced: false,
+        scratch: vec![0; READ_CHUNK],
+    };
+    let result = server.run();
+    let Server {
+        worker, delivery, ..
+    } = server;
+    worker.shutdown(LINGER);
+    delivery.shutdown(LINGER);
+    log::info!("stopped");
+    result
+}
+
+impl Server {
+    fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(256);
+        log::info!("ready");
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("poll")(e)),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.handle_worker_results(),
+                    SIGNALS => self.handle_signals(),
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) => self.drive(t),
+                }
+            }
+            // Results can also arrive without a wake-up having been seen yet, and answers
+            // made locally when the worker is gone need processing too.
+            self.handle_worker_results();
+            let now = Instant::now();
+            self.fire_timers(now);
+            if let Some(at) = self.accept_retry {
+                if now >= at {
+                    self.resume_accepting();
+                }
+            }
+            if let Some(at) = self.shutdown_at {
+                if now >= at && !self.shutdown_forced {
+                    self.force_shutdown(now);
+                }
+                if self.conns.is_empty() {
+                    return Ok(());
+                }
+                if now >= at + LINGER * 2 {
+                    log::warn!(
+                        "{} connections still open after the grace period; exiting",
+                        self.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// How long `poll` may sleep: until the earliest timer.
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let mut next: Option<Instant> = self.timers.first().map(|(t, _)| *t);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.accept_retry);
+        if let Some(at) = self.shutdown_at {
+            consider(Some(if self.shutdown_forced {
+                at + LINGER * 2
+            } else {
+                at
+            }));
+        }
+        if !self.local_done.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    // ---- accepting ----------------------------------------------------------------------
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            if !self.accepting {
+                return;
+            }
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => match e.raw_os_error().map(Errno::from_raw) {
+                    // The client gave up before we accepted: nothing to do.
+                    Some(Errno::ECONNABORTED) | Some(Errno::EPROTO) => continue,
+                    Some(Errno::EMFILE) | Some(Errno::ENFILE) | Some(Errno::ENOBUFS)
+                    | Some(Errno::ENOMEM) => {
+                        log::warn!(
+                            "accept: {e}; pausing new connections until one closes ({} open)",
+                            self.conns.len()
+                        );
+                        self.pause_accepting();
+                        return;
+                    }
+                    _ => {
+                        log::error!("accept: {e}");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn pause_accepting(&mut self) {
+        if self.accepting {
+            for l in &mut self.listeners {
+                if let Err(e) = self.poll.registry().deregister(l) {
+                    log::error!("cannot pause a listener: {e}");
+                }
+            }
+            self.accepting = false;
+        }
+        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_retry = None;
+        if self.accepting {
+            return;
+        }
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(l, Token(LISTENER_BASE + i), Interest::READABLE)
+            {
+                log::error!("cannot resume a listener: {e}");
+            }
+        }
+        self.accepting = true;
+        // Connections may have queued while we were not listening; registering reports
+        // them, but trying at once costs nothing and does not depend on that.
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+    }
+
+    /// A connection was accepted: refuse it with a canned reply, or start a session.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let refusal = if !is_allowed(&self.limits.allowed_clients, peer.ip()) {
+            Some((replies::NOT_ALLOWED, "not allowed"))
+        } else if self.shutdown_at.is_some() {
+            Some((replies::SHUTTING_DOWN, "shutting down"))
+        } else if self.conns.len() >= self.limits.max_connections {
+            Some((replies::TOO_MANY_CONNECTIONS, "too many connections"))
+        } else {
+            None
+        };
+        if let Some((reply, reason)) = refusal {
+            log::info!("conn={id} reject from {} reason={reason}", peer.ip());
+            // A fresh socket's send buffer is empty, so this short write completes; if it
+            // does not, the client learns the same from the closed connection.
+            let _ = io::Write::write(&mut stream, reply.as_bytes());
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("conn={id} TCP_NODELAY: {e}");
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let now = Instant::now();
+        let mut conn = Conn::new(
+            id,
+            stream,
+            peer,
+            Session::new(self.limits.session.clone()),
+            now,
+            self.limits.idle_timeout,
+            self.limits.session_timeout,
+        );
+        conn.session.greeting(&mut conn.out);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.stream, Token(token), Interest::READABLE)
+        {
+            log::error!("conn={id} cannot register: {e}");
+            return;
+        }
+        log::info!("conn={id} connect from {}", peer.ip());
+        self.conns.insert(token, conn);
+        self.drive(token);
+    }
+
+    // ---- connections --------------------------------------------------------------------
+
+    /// Does everything a connection can do now: feed buffered input, write replies, read
+    /// and feed new input until WouldBlock or backpressure, then close it or update its
+    /// interest and timer.
+    fn drive(&mut self, token: usize) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return; // a stale event for a closed connection
+        };
+        let mut jobs = Jobs {
+            worker: &self.worker,
+            local: &mut self.local_done,
+        };
+        let now = Instant::now();
+        let mut broken = None;
+        loop {
+            conn.feed_buffered(token, &mut jobs, now);
+            if let Err(e) = conn.flush_output() {
+                broken = Some(e);
+                break;
+            }
+            if conn.closing.is_some() && conn.out.is_empty() {
+                break;
+            }
+            if conn.peer_eof
+                && conn.closing.is_none()
+                && conn.inbuf.is_empty()
+                && !conn.session.is_waiting()
+            {
+                conn.close_after_flush(Reason::Eof, now, LINGER);
+                continue;
+            }
+            if !conn.can_read() {
+                break;
+            }
+            match conn.read_chunk(&mut self.scratch) {
+                Ok(None) => break,
+                Ok(Some(0)) => conn.peer_eof = true,
+                Ok(Some(n)) => {
+                    conn.idle_deadline = now + conn.idle_timeout;
+                    conn.feed_fresh(token, &self.scratch[..n], &mut jobs, now);
+                }
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = broken {
+            log::debug!("conn={} socket error: {e}", conn.id);
+            conn.closing.get_or_insert(Reason::Error);
+            self.close(token);
+            return;
+        }
+        if conn.closing.is_some() && conn.out.is_empty() {
+            self.close(token);
+            return;
+        }
+        // WRITABLE only while replies wait, so an idle connection causes no wake-ups.
+        let want_write = !conn.out.is_empty();
+        if want_write != conn.writable {
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .reregister(&mut conn.stream, Token(token), interest)
+            {
+                log::error!("conn={} cannot reregister: {e}", conn.id);
+                conn.closing.get_or_insert(Reason::Error);
+                self.close(token);
+                return;
+            }
+            conn.writable = want_write;
+        }
+        let key = conn.deadline();
+        if conn.timer_key != Some(key) {
+            if let Some(old) = conn.timer_key {
+                self.timers.remove(&(old, token));
+            }
+            self.timers.insert((key, token));
+            conn.timer_key = Some(key);
+        }
+    }
+
+    /// Removes a connection: aborts its unfinished message, logs, and lets a paused
+    /// listener accept again.
+    fn close(&mut self, token: usize) {
+        let Some(mut conn) = self.conns.remove(&token) else {
+            return;
+        };
+        if let Some(key) = conn.timer_key {
+            self.timers.remove(&(key, token));
+        }
+        if conn.spool_open {
+            let mut jobs = Jobs {
+                worker: &self.worker,
+                local: &mut self.local_done,
+            };
+            jobs.submit(Job::Abort { conn: token });
+            log::info!("conn={} message aborted: connection closed", conn.id);
+        }
+        if let Err(e) = self.poll.registry().deregister(&mut conn.stream) {
+            log::debug!("conn={} deregister: {e}", conn.id);
+        }
+        let reason = conn.closing.unwrap_or(Reason::Error);
+        log::info!(
+            "conn={} disconnect from {} reason={}",
+            conn.id,
+            conn.peer.ip(),
+            reason.as_str()
+        );
+        drop(conn);
+        if !self.accepting {
+            self.resume_accepting();
+        }
+    }
+
+    /// Results from the spool worker: acknowledgements release backpressure, commits get
+    /// their 250 or 452 and nudge delivery.
+    fn handle_worker_results(&mut self) {
+        let mut committed_any = false;
+        let mut touched = Vec::new();
+        while let Some(done) = self
+            .local_done
+            .pop_front()
+            .or_else(|| self.worker.try_recv())
+        {
+            match done {
+                Done::Written { conn, bytes } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.in_flight = c.in_flight.saturating_sub(bytes);
+                        touched.push(conn);
+                    }
+                }
+                Done::Committed { conn, result } => {
+                    let c = self.conns.get_mut(&conn);
+                    match &result {
+                        Ok(m) => {
+                            committed_any = true;
+                            log::info!(
+                                "{}: conn={} from=<{}>, size={}, nrcpt={}",
+                                m.id,
+                                c.as_ref().map_or(0, |c| c.id),
+                                m.sender,
+                                m.size,
+                                m.nrcpt
+                            );
+                        }
+                        Err(reason) => log::warn!(
+                            "conn={} message not queued: {reason}",
+                            c.as_ref().map_or(0, |c| c.id)
+                        ),
+                    }
+                    if let Some(c) = c {
+                        c.commit_pending = false;
+                        let answer = match &result {
+                            Ok(m) => Ok(m.id.0.as_str()),
+                            Err(r) => Err(r.as_str()),
+                        };
+                        c.session.committed(answer, &mut c.out);
+                        if self.shutdown_forced {
+                            c.out.extend_from_slice(replies::SHUTTING_DOWN.as_bytes());
+                            c.close_after_flush(Reason::Shutdown, Instant::now(), LINGER);
+                        }
+                        touched.push(conn);
+                    }
+                }
+            }
+        }
+        if committed_any {
+            self.delivery.nudge();
+        }
+        // A dead worker leaves waiting sessions without an answer: give them their 452.
+        if self.worker.is_gone() {
+            let waiting: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.commit_pending || c.in_flight > 0)
+                .map(|(t, _)| *t)
+                .collect();
+            if !waiting.is_empty() {
+                log::error!("spool worker stopped; failing {} sessions", waiting.len());
+            }
+            for t in waiting {
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.in_flight = 0;
+                    if c.commit_pending {
+                        c.commit_pending = false;
+                        c.session
+                            .committed(Err("spool worker is not running"), &mut c.out);
+                    }
+                    touched.push(t);
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for t in touched {
+            self.drive(t);
+        }
+    }
+
+    /// Idle and session timeouts, and closing connections that did not read their reply.
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(at, token)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, token));
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            // The entry is gone; `drive` inserts the fresh one.
+            conn.timer_key = None;
+            if conn.linger_deadline.is_some_and(|l| l <= now) {
+                log::info!("conn={} last reply not taken within {LINGER:?}", conn.id);
+                self.close(token);
+                continue;
+            }
+            if conn.closing.is_none() {
+                if now >= conn.session_deadline {
+                    conn.out
+                        .extend_from_slice(replies::SESSION_TIMEOUT.as_bytes());
+                    conn.close_after_flush(Reason::SessionTimeout, now, LINGER);
+                } else if now >= conn.idle_deadline {
+                    if conn.commit_pending || conn.in_flight > 0 {
+                        // We are the slow side, not the client.
+                        conn.idle_deadline = now + conn.idle_timeout;
+                    } else {
+                        conn.out.extend_from_slice(replies::IDLE_TIMEOUT.as_bytes());
+                        conn.close_after_flush(Reason::IdleTimeout, now, LINGER);
+                    }
+                }
+            }
+            self.drive(token);
+        }
+    }
+
+    // ---- signals ------------------------------------------------------------------------
+
+    fn handle_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGHUP => self.reload_config(),
+                SIGTERM | SIGINT => self.begin_shutdown(signal),
+                _ => {}
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, signal: i32) {
+        let now = Instant::now();
+        match self.shutdown_at {
+            None => {
+                log::info!(
+                    "signal {signal}: shutting down, {} sessions may finish within {:?}",
+                    self.conns.len(),
+                    self.grace
+                );
+                self.shutdown_at = Some(now + self.grace);
+            }
+            Some(_) => {
+                log::info!("signal {signal} again: ending the remaining sessions now");
+                self.shutdown_at = Some(now);
+            }
+        }
+    }
+
+    /// The grace period is over: 421 to every session still open (the ones waiting for a
+    /// commit get it right after their 250/452, so nothing they were told is undone).
+    fn force_shutdown(&mut self, now: Instant) {
+        self.shutdown_forced = true;
+        let tokens: Vec<usize> = self.conns.keys().copied().collect();
+        for t in tokens {
+            if let Some(c) = self.conns.get_mut(&t) {
+                if c.closing.is_none() && !c.commit_pending {
+                    c.out.extend_from_slice(replies::SHUTTING_DOWN.as_bytes());
+                    c.close_after_flush(Reason::Shutdown, now, LINGER);
+                }
+            }
+            self.drive(t);
+        }
+    }
+
+    fn reload_config(&mut self) {
+        match (self.reload)() {
+            Ok(new) => {
+                if new.listen != self.config.listen {
+                    log::warn!("reload: listen addresses changed; restart to apply");
+                }
+                if new.username != self.config.username || new.group != self.config.group {
+                    log::warn!("reload: username/group changed; restart to apply");
+                }
+                if new.spool_dir != self.config.spool_dir {
+                    log::warn!("reload: spool_dir changed; restart to apply");
+                }
+                let mut effective = new;
+                // What cannot change without a restart keeps its running value, so the
+                // delivery thread keeps draining the spool the daemon writes to.
+                effective.listen = self.config.listen.clone();
+                effective.username = self.config.username.clone();
+                effective.group = self.config.group.clone();
+                effective.spool_dir = self.config.spool_dir.clone();
+                crate::logging::set_level(effective.loglevel);
+                self.limits = Limits::from_config(&effective);
+                self.delivery.reload(effective.clone());
+                self.config = effective;
+                log::info!("reloaded configuration");
+            }
+            Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
+        }
+    }
+}

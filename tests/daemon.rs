@@ -1,0 +1,1072 @@
+//! The daemon binary end to end: started on a free loopback port with a temporary config and
+//! spool, driven by real SMTP clients (lettre, Python's smtplib, curl, swaks, and a raw
+//! socket for BDAT and exact replies), judged by what the stand-in bridge receives.
+//!
+//! Speed is never asserted: every wait is a bounded wait for something that must happen.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Behaviour, StandInBridge, TestDir};
+use lettre::message::Message;
+use lettre::{SmtpTransport, Transport};
+use nix::sys::resource::Resource;
+use std::os::unix::process::CommandExt;
+
+/// Generous bound for things that take milliseconds when all is well.
+const SOON: Duration = Duration::from_secs(20);
+/// Bound for bulk deliveries (the stand-in bridge takes one request at a time).
+const BULK: Duration = Duration::from_secs(240);
+
+// ---- the daemon under test ------------------------------------------------------------
+
+/// A running daemon; killed (SIGKILL) on drop.
+struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Writes a config for `bridge` (plus `extra` TOML) in `dir` and starts the daemon.
+    fn start(dir: &TestDir, bridge: &StandInBridge, extra: &str) -> Daemon {
+        let port = common::free_port();
+        let config = common::write_config(
+            &dir.path,
+            &bridge.url,
+            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+        );
+        Daemon::spawn(dir, config, port)
+    }
+
+    /// Like [`Daemon::start`], with a resource limit set on the daemon process.
+    fn start_limited(
+        dir: &TestDir,
+        bridge: &StandInBridge,
+        extra: &str,
+        limit: (Resource, u64),
+    ) -> Daemon {
+        let port = common::free_port();
+        let config = common::write_config(
+            &dir.path,
+            &bridge.url,
+            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+        );
+        Daemon::spawn_with(dir, config, port, Some(limit))
+    }
+
+    /// Starts the daemon on an existing config (a restart).
+    fn spawn(dir: &TestDir, config: PathBuf, port: u16) -> Daemon {
+        Daemon::spawn_with(dir, config, port, None)
+    }
+
+    fn spawn_with(
+        dir: &TestDir,
+        config: PathBuf,
+        port: u16,
+        limit: Option<(Resource, u64)>,
+    ) -> Daemon {
+        let log = unique(dir.join("daemon"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(common::daemon_bin());
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--foreground")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        if let Some((resource, value)) = limit {
+            // SAFETY: only async-signal-safe calls (setrlimit, sigaction) between fork and
+            // exec. SIGXFSZ is ignored so that a write past RLIMIT_FSIZE fails with EFBIG,
+            // as a full disk fails a write, instead of killing the daemon.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(resource, value, value)?;
+                    nix::sys::signal::signal(
+                        nix::sys::signal::Signal::SIGXFSZ,
+                        nix::sys::signal::SigHandler::SigIgn,
+                    )?;
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start smtp_bridge");
+        let mut d = Daemon {
+            child: Some(child),
+            port,
+            config,
+            log,
+        };
+        d.wait_listening();
+        d
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not listening:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log shows `needle` (a bounded wait for an event, not a timing test).
+    fn wait_log(&self, needle: &str) {
+        assert!(
+            common::wait_until(SOON, || self.log_text().contains(needle)),
+            "log never showed {needle:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status_field(&self, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+            .trim()
+            .to_owned()
+    }
+
+    fn lettre(&self) -> SmtpTransport {
+        SmtpTransport::builder_dangerous("127.0.0.1")
+            .port(self.port)
+            .timeout(Some(SOON))
+            .build()
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unique(p: PathBuf) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    p.with_extension(format!("{n}.log"))
+}
+
+// ---- a raw SMTP client for exact replies ----------------------------------------------
+
+/// A line-level SMTP client over a blocking socket.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        Client {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and full text.
+    fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed; got so far: {text:?}");
+            text.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, text);
+            }
+        }
+    }
+
+    fn send(&mut self, raw: &[u8]) {
+        self.writer.write_all(raw).unwrap();
+    }
+
+    /// Sends a command line and returns the reply.
+    fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line:?} -> {text:?}");
+        text
+    }
+
+    /// Whether the server closed the connection (EOF within the read timeout).
+    fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// One complete transaction with DATA; returns the final reply.
+    fn message(&mut self, from: &str, to: &[&str], body: &str) -> (u16, String) {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for r in to {
+            self.expect(&format!("RCPT TO:<{r}>"), 250);
+        }
+        self.expect("DATA", 354);
+        self.send(body.as_bytes());
+        self.send(b"\r\n.\r\n");
+        self.reply()
+    }
+}
+
+fn greeted(port: u16) -> Client {
+    let mut c = Client::connect(port);
+    let (code, text) = c.reply();
+    assert_eq!(code, 220, "{text}");
+    c.expect("EHLO client.test", 250);
+    c
+}
+
+fn simple(subject: &str, body: &str) -> String {
+    format!("From: a@example.org\r\nTo: root\r\nSubject: {subject}\r\n\r\n{body}")
+}
+
+fn queued(reply: &(u16, String)) {
+    assert_eq!(reply.0, 250, "{:?}", reply.1);
+    assert!(reply.1.contains("queued as"), "{:?}", reply.1);
+}
+
+fn run(cmd: &mut Command) -> (ExitStatus, String) {
+    let out = cmd.output().expect("run tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+fn swaks(d: &Daemon) -> Command {
+    let mut c = Command::new("swaks");
+    c.args(["--server", "127.0.0.1", "--port", &d.port.to_string()])
+        .args(["--from", "sender@example.org", "--helo", "client.test"]);
+    c
+}
+
+// ---- real clients -------------------------------------------------------------------------
+
+#[test]
+fn lettre_message_is_queued_and_delivered() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("lettre");
+    let d = Daemon::start(&dir, &bridge, "");
+    let msg = Message::builder()
+        .from("Monitor <monitor@example.org>".parse().unwrap())
+        .to("root@localhost".parse().unwrap())
+        .subject("disk almost full")
+        .body("sda1 is at 97%".to_owned())
+        .unwrap();
+    let resp = d.lettre().send(&msg).expect("lettre send");
+    assert!(resp.is_positive());
+    assert!(
+        resp.message().any(|l| l.contains("queued as")),
+        "{:?}",
+        resp.message().collect::<Vec<_>>()
+    );
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("disk almost full"),
+        "{}",
+        got[0].reply
+    );
+    assert!(got[0].reply.contains("sda1 is at 97%"), "{}", got[0].reply);
+    assert!(bridge.rejections().is_empty(), "{:?}", bridge.rejections());
+    let log = d.log_text();
+    assert!(log.contains("connect from 127.0.0.1"), "{log}");
+    assert!(log.contains("from=<monitor@example.org>"), "{log}");
+    assert!(log.contains("nrcpt=1"), "{log}");
+    assert!(!log.contains("sda1 is at 97%"), "a body was logged:\n{log}");
+}
+
+#[test]
+fn python_smtplib_smtputf8_and_8bit_body() {
+    if !common::require_tool("python3") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("smtplib");
+    let d = Daemon::start(&dir, &bridge, "");
+    let script = r#"
+import smtplib, sys
+msg = "From: Jörg <jörg@bücher.example>\r\nTo: root\r\nSubject: Grüße aus Köln\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nDer Server läuft wieder. Ünïcödé ✓\r\n".encode("utf-8")
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    s.ehlo("client.test")
+    assert s.has_extn("smtputf8"), "SMTPUTF8 not offered"
+    refused = s.sendmail("jörg@bücher.example", ["root"], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert not refused, refused
+print("sent")
+"#;
+    let (status, out) = run(Command::new("python3").args(["-c", script, &d.port.to_string()]));
+    assert!(status.success(), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    let reply = &got[0].reply;
+    assert!(reply.contains("Grüße aus Köln"), "{reply}");
+    assert!(reply.contains("Der Server läuft wieder"), "{reply}");
+    assert!(reply.contains("jörg@bücher.example"), "{reply}");
+}
+
+#[test]
+fn curl_smtp_upload() {
+    if !common::require_tool("curl") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("curl");
+    let d = Daemon::start(&dir, &bridge, "");
+    let file = dir.join("mail.txt");
+    std::fs::write(&file, simple("cron job finished", "backup ok\r\n")).unwrap();
+    let (status, out) = run(Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .arg(format!("smtp://127.0.0.1:{}", d.port))
+        .args(["--mail-from", "cron@example.org", "--mail-rcpt", "root"])
+        .arg("--upload-file")
+        .arg(&file));
+    assert!(status.success(), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("cron job finished"),
+        "{}",
+        got[0].reply
+    );
+    assert!(got[0].reply.contains("backup ok"), "{}", got[0].reply);
+}
+
+#[test]
+fn swaks_pipelining() {
+    if !common::require_tool("swaks") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("swaks-pipe");
+    let d = Daemon::start(&dir, &bridge, "");
+    let (status, out) = run(swaks(&d)
+        .args(["--pipeline", "--to", "root,postmaster"])
+        .args([
+            "--header",
+            "Subject: pipelined hello",
+            "--body",
+            "through the pipe",
+        ]));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("queued as"), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("pipelined hello"), "{}", got[0].reply);
+    assert!(
+        got[0].reply.contains("through the pipe"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn swaks_bare_lf_message() {
+    if !common::require_tool("swaks") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("swaks-lf");
+    let d = Daemon::start(&dir, &bridge, "");
+    let data = dir.join("lf.eml");
+    std::fs::write(
+        &data,
+        "From: a@example.org\nTo: root\nSubject: bare line feeds\n\nline one\nline two\n.\n",
+    )
+    .unwrap();
+    let (status, out) = run(swaks(&d)
+        .args(["--to", "root", "--no-data-fixup", "--data"])
+        .arg(format!("@{}", data.display())));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("queued as"), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("bare line feeds"), "{}", got[0].reply);
+    assert!(got[0].reply.contains("line two"), "{}", got[0].reply);
+}
+
+#[test]
+fn swaks_oversize_gets_552_and_nothing_is_queued() {
+    if !common::require_tool("swaks") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("swaks-big");
+    let d = Daemon::start(&dir, &bridge, "max_message_size = 10000");
+    let body = dir.join("big.txt");
+    std::fs::write(&body, "0123456789abcdef\n".repeat(2000)).unwrap();
+    let (status, out) = run(swaks(&d)
+        .args(["--to", "root", "--header", "Subject: too big", "--body"])
+        .arg(format!("@{}", body.display())));
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("552 5.3.4"), "{out}");
+    // The session goes on: a small message right after is accepted, and it is the only
+    // thing the bridge ever receives.
+    let (status, out) = run(swaks(&d).args([
+        "--to",
+        "root",
+        "--header",
+        "Subject: small one",
+        "--body",
+        "fits",
+    ]));
+    assert!(status.success(), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("small one"), "{}", got[0].reply);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(bridge.received().len(), 1);
+}
+
+#[test]
+fn swaks_thousand_recipients() {
+    if !common::require_tool("swaks") {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("swaks-rcpt");
+    let d = Daemon::start(&dir, &bridge, "");
+    let rcpts: Vec<String> = (0..1000).map(|i| format!("user{i}@example.org")).collect();
+    let (status, out) = run(swaks(&d)
+        .args(["--pipeline", "--to", &rcpts.join(",")])
+        .args(["--header", "Subject: to everyone", "--body", "hello all"]));
+    assert!(
+        status.success(),
+        "{}",
+        &out[out.len().saturating_sub(2000)..]
+    );
+    assert!(out.contains("queued as"));
+    let got = bridge.wait_for(1, SOON);
+    let reply = &got[0].reply;
+    assert!(
+        reply.contains("to everyone"),
+        "{}",
+        &reply[..reply.len().min(2000)]
+    );
+}
+
+#[test]
+fn recipient_limit_answers_452() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("rcpt-limit");
+    let d = Daemon::start(&dir, &bridge, "max_recipients = 3");
+    let mut c = greeted(d.port);
+    c.expect("MAIL FROM:<a@example.org>", 250);
+    for i in 0..3 {
+        c.expect(&format!("RCPT TO:<u{i}@example.org>"), 250);
+    }
+    let text = c.expect("RCPT TO:<u3@example.org>", 452);
+    assert!(text.contains("4.5.3"), "{text}");
+    c.expect("DATA", 354);
+    c.send(simple("three of four", "x").as_bytes());
+    c.send(b"\r\n.\r\n");
+    queued(&c.reply());
+    bridge.wait_for(1, SOON);
+}
+
+#[test]
+fn rset_in_the_middle_discards_the_first_envelope() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("rset");
+    let d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    c.expect("MAIL FROM:<first@example.org>", 250);
+    c.expect("RCPT TO:<forgotten@example.org>", 250);
+    c.expect("RSET", 250);
+    let r = c.message(
+        "second@example.org",
+        &["kept@example.org"],
+        &simple("after rset", "x"),
+    );
+    queued(&r);
+    c.expect("QUIT", 221);
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("kept@example.org"),
+        "{}",
+        got[0].reply
+    );
+    assert!(
+        !got[0].reply.contains("forgotten@example.org"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn bdat_chunks_make_one_message() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("bdat");
+    let d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    let msg = simple("chunked delivery", "first half, second half\r\n");
+    let (a, b) = msg.as_bytes().split_at(msg.len() / 2);
+    c.expect("MAIL FROM:<a@example.org>", 250);
+    c.expect("RCPT TO:<root>", 250);
+    c.send(format!("BDAT {}\r\n", a.len()).as_bytes());
+    c.send(a);
+    assert_eq!(c.reply().0, 250);
+    c.send(format!("BDAT {} LAST\r\n", b.len()).as_bytes());
+    c.send(b);
+    queued(&c.reply());
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("chunked delivery"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn pipelined_messages_on_one_connection_are_all_answered_in_order() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("pipeline-raw");
+    let d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    // Five whole transactions written at once, then every reply read.
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.extend_from_slice(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<root>\r\nDATA\r\n");
+        batch.extend_from_slice(simple(&format!("batch {i}"), "x").as_bytes());
+        batch.extend_from_slice(b"\r\n.\r\n");
+    }
+    batch.extend_from_slice(b"QUIT\r\n");
+    c.send(&batch);
+    for _ in 0..5 {
+        assert_eq!(c.reply().0, 250);
+        assert_eq!(c.reply().0, 250);
+        assert_eq!(c.reply().0, 354);
+        queued(&c.reply());
+    }
+    assert_eq!(c.reply().0, 221);
+    let got = bridge.wait_for(5, SOON);
+    for (i, r) in got.iter().enumerate() {
+        assert!(r.reply.contains(&format!("batch {i}")), "{i}: {}", r.reply);
+    }
+}
+
+// ---- durability -----------------------------------------------------------------------
+
+#[test]
+fn kill_9_after_250_then_restart_delivers() {
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Down);
+    let dir = TestDir::new("kill9");
+    let mut d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    queued(&c.message("a@example.org", &["root"], &simple("survives kill -9", "x")));
+    d.kill9();
+    let config = d.config.clone();
+    let port = d.port;
+    drop(c);
+    bridge.set_behaviour(Behaviour::Accept);
+    let _d2 = Daemon::spawn(&dir, config, port);
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("survives kill -9"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Down);
+    let dir = TestDir::new("down500");
+    let d = Daemon::start(&dir, &bridge, "");
+    let port = d.port;
+    let threads: Vec<_> = (0..20)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut c = greeted(port);
+                for i in 0..25 {
+                    let subject = format!("conn {t} msg {i} end");
+                    queued(&c.message("a@example.org", &["root"], &simple(&subject, "x")));
+                }
+                c.expect("QUIT", 221);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert!(bridge.received().is_empty());
+    bridge.set_behaviour(Behaviour::Accept);
+    let got = bridge.wait_for(500, BULK);
+    assert_eq!(got.len(), 500);
+    // Each connection's messages arrive in the order they were accepted.
+    for t in 0..20 {
+        let seq: Vec<usize> = got
+            .iter()
+            .filter_map(|r| {
+                let tag = format!("conn {t} msg ");
+                let at = r.reply.find(&tag)? + tag.len();
+                let rest = &r.reply[at..];
+                rest[..rest.find(' ')?].parse().ok()
+            })
+            .collect();
+        assert_eq!(seq, (0..25).collect::<Vec<_>>(), "connection {t}");
+    }
+}
+
+#[test]
+fn hanging_bridge_does_not_delay_smtp() {
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Hang);
+    let dir = TestDir::new("hang");
+    // A long bridge timeout, so that the delivery thread really is stuck while we talk.
+    let d = Daemon::start(&dir, &bridge, "bridge_timeout = 600");
+    let mut c = greeted(d.port);
+    queued(&c.message("a@example.org", &["root"], &simple("first, stuck", "x")));
+    assert!(
+        common::wait_until(SOON, || bridge.requests() >= 1),
+        "delivery never reached the bridge"
+    );
+    // While that request hangs, a new client is greeted and its message acknowledged
+    // (within the client's read timeout; `greeted` and `queued` fail otherwise).
+    let mut c2 = greeted(d.port);
+    queued(&c2.message("b@example.org", &["root"], &simple("second, fresh", "x")));
+    c2.expect("QUIT", 221);
+    bridge.set_behaviour(Behaviour::Accept);
+}
+
+#[test]
+fn twenty_clients_of_20_mib_each_stay_under_64_mib() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("bigmem");
+    let d = Daemon::start(&dir, &bridge, "max_message_size = 33554432");
+    let port = d.port;
+    const SIZE: usize = 20 << 20;
+    let threads: Vec<_> = (0..20)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut c = greeted(port);
+                c.expect("MAIL FROM:<a@example.org> SIZE=21000000", 250);
+                c.expect("RCPT TO:<root>", 250);
+                c.expect("DATA", 354);
+                c.send(simple(&format!("big {t}"), "").as_bytes());
+                let line = format!("{:077}\r\n", t).into_bytes(); // 79 bytes + CRLF
+                let chunk = line.repeat(64 * 1024 / line.len());
+                let mut sent = 0;
+                while sent < SIZE {
+                    c.send(&chunk);
+                    sent += chunk.len();
+                }
+                c.send(b".\r\n");
+                queued(&c.reply());
+                c.expect("QUIT", 221);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let got = bridge.wait_for(20, BULK);
+    assert_eq!(got.len(), 20);
+    // Every message went through whole: the commit log lines carry the sizes.
+    let log = d.log_text();
+    let sizes: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("size=").nth(1))
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert_eq!(sizes.len(), 20, "{log}");
+    assert!(sizes.iter().all(|s| *s >= SIZE as u64), "{sizes:?}");
+    let hwm_kib: u64 = d
+        .status_field("VmHWM")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("daemon peak RSS (VmHWM): {hwm_kib} KiB");
+    assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
+}
+
+#[test]
+fn unwritable_spool_answers_452_and_the_session_goes_on() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("eacces");
+    let d = Daemon::start(&dir, &bridge, "");
+    let queue = dir.path.join("spool").join("queue");
+    let mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let mut c = greeted(d.port);
+    mode(0o500);
+    let r = c.message(
+        "a@example.org",
+        &["root"],
+        &simple("cannot be spooled", "x"),
+    );
+    mode(0o700);
+    assert_eq!(r.0, 452, "{:?}", r.1);
+    assert!(r.1.contains("4.3.1"), "{:?}", r.1);
+    queued(&c.message(
+        "a@example.org",
+        &["root"],
+        &simple("spooled after all", "x"),
+    ));
+    let got = bridge.wait_for(1, SOON);
+    assert!(
+        got[0].reply.contains("spooled after all"),
+        "{}",
+        got[0].reply
+    );
+}
+
+#[test]
+fn full_disk_answers_452_never_250_and_the_session_goes_on() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("efbig");
+    // A file size limit makes every write past 256 KiB fail, as a full disk would.
+    let d = Daemon::start_limited(&dir, &bridge, "", (Resource::RLIMIT_FSIZE, 256 * 1024));
+    let mut c = greeted(d.port);
+    let big = "x".repeat(76) + "\r\n";
+    let r = c.message(
+        "a@example.org",
+        &["root"],
+        &simple("does not fit", &big.repeat(16 * 1024)),
+    );
+    assert_eq!(r.0, 452, "{:?}", r.1);
+    assert!(r.1.contains("4.3.1"), "{:?}", r.1);
+    queued(&c.message("a@example.org", &["root"], &simple("fits", "small")));
+    c.expect("QUIT", 221);
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("fits"), "{}", got[0].reply);
+    // The failed message left no file behind.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(bridge.received().len(), 1);
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accept_and_serves_everyone_later() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("emfile");
+    // Few descriptors: most of the 40 clients wait in the listen queue until others leave.
+    let d = Daemon::start_limited(&dir, &bridge, "", (Resource::RLIMIT_NOFILE, 32));
+    let clients: Vec<Client> = (0..40).map(|_| d.client()).collect();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let (code, text) = c.reply();
+        assert_eq!(code, 220, "client {i}: {text}");
+        c.expect("QUIT", 221);
+    }
+    let mut c = greeted(d.port);
+    queued(&c.message(
+        "a@example.org",
+        &["root"],
+        &simple("after the squeeze", "x"),
+    ));
+    bridge.wait_for(1, SOON);
+    d.wait_log("pausing new connections");
+}
+
+// ---- limits and access ----------------------------------------------------------------
+
+#[test]
+fn client_not_in_allowed_clients_gets_554() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("allowed");
+    let d = Daemon::start(&dir, &bridge, "allowed_clients = [\"10.0.0.0/8\"]");
+    let mut c = d.client();
+    let (code, text) = c.reply();
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("5.7.1"), "{text}");
+    assert!(c.closed());
+}
+
+#[test]
+fn max_connections_refuses_extra_and_serves_the_rest() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("maxconn");
+    let d = Daemon::start(&dir, &bridge, "max_connections = 2");
+    let mut a = greeted(d.port);
+    let mut b = greeted(d.port);
+    let mut extra = d.client();
+    let (code, text) = extra.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.3.2"), "{text}");
+    assert!(extra.closed());
+    queued(&a.message("a@example.org", &["root"], &simple("from a", "x")));
+    queued(&b.message("b@example.org", &["root"], &simple("from b", "x")));
+    a.expect("QUIT", 221);
+    // Once one leaves, a new client gets in.
+    assert!(a.closed());
+    let ok = common::wait_until(SOON, || {
+        let mut c = d.client();
+        c.reply().0 == 220
+    });
+    assert!(ok, "no slot freed:\n{}", d.log_text());
+    bridge.wait_for(2, SOON);
+}
+
+#[test]
+fn idle_client_gets_421_timeout() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("idle");
+    let d = Daemon::start(&dir, &bridge, "idle_timeout = 1");
+    let mut c = greeted(d.port);
+    // Say nothing: the daemon must hang up with 421 4.4.2 (read timeout bounds the wait).
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.4.2"), "{text}");
+    assert!(c.closed());
+    d.wait_log("reason=idle timeout");
+}
+
+#[test]
+fn session_deadline_ends_a_chatty_client() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("session");
+    let d = Daemon::start(&dir, &bridge, "session_timeout = 2\nidle_timeout = 60");
+    let mut c = greeted(d.port);
+    let deadline = Instant::now() + SOON;
+    loop {
+        let (code, text) = c.cmd("NOOP");
+        if code == 421 {
+            assert!(text.contains("4.4.2"), "{text}");
+            break;
+        }
+        assert_eq!(code, 250, "{text}");
+        assert!(Instant::now() < deadline, "session never timed out");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---- signals --------------------------------------------------------------------------
+
+#[test]
+fn sighup_reloads_limits_and_keeps_old_config_when_bad() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("hup");
+    let d = Daemon::start(&dir, &bridge, "max_message_size = 100000");
+    let mut before = greeted(d.port);
+    let ehlo = before.expect("EHLO again.test", 250);
+    assert!(ehlo.contains("SIZE 100000"), "{ehlo}");
+    // New limits apply to new sessions; the open one goes on.
+    common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!(
+            "listen = [\"127.0.0.1:{}\"]\nmax_message_size = 5000",
+            d.port
+        ),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reloaded configuration");
+    let mut after = Client::connect(d.port);
+    after.reply();
+    let ehlo = after.expect("EHLO new.test", 250);
+    assert!(ehlo.contains("SIZE 5000"), "{ehlo}");
+    queued(&before.message("a@example.org", &["root"], &simple("still served", "x")));
+    // A broken file is refused and the running settings are kept.
+    std::fs::write(&d.config, "this is = = not a config [\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reload failed");
+    let mut third = Client::connect(d.port);
+    third.reply();
+    let ehlo = third.expect("EHLO third.test", 250);
+    assert!(ehlo.contains("SIZE 5000"), "{ehlo}");
+    bridge.wait_for(1, SOON);
+}
+
+#[test]
+fn sigterm_lets_the_message_in_flight_finish_then_exits_0() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("term");
+    let mut d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    c.expect("MAIL FROM:<a@example.org>", 250);
+    c.expect("RCPT TO:<root>", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: finished during shutdown\r\n\r\nfirst half\r\n");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_log("shutting down");
+    // A newcomer is turned away (421, or refused once the listener is gone).
+    if let Ok(s) = TcpStream::connect(("127.0.0.1", d.port)) {
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        assert!(line.is_empty() || line.starts_with("421"), "{line:?}");
+    }
+    c.send(b"second half\r\n.\r\n");
+    queued(&c.reply());
+    c.expect("QUIT", 221);
+    let status = d.wait_exit(SOON);
+    assert!(status.success(), "{status}:\n{}", d.log_text());
+    // What was accepted is in the spool (or already delivered), never lost.
+    let delivered = bridge
+        .received()
+        .iter()
+        .any(|r| r.reply.contains("finished during shutdown"));
+    let queued_files = count_files(&dir.path.join("spool").join("queue"));
+    assert!(delivered || queued_files >= 1, "message lost");
+}
+
+#[test]
+fn sigterm_ends_idle_sessions_after_the_grace_period() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("term-idle");
+    let mut d = Daemon::start(&dir, &bridge, "");
+    let mut c = greeted(d.port);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    let status = d.wait_exit(SOON);
+    assert!(status.success(), "{status}");
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+// ---- command line -----------------------------------------------------------------------
+
+#[test]
+fn check_config_prints_settings_or_exits_78() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("check");
+    let config = common::write_config(&dir.path, &bridge.url, "max_recipients = 7");
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_recipients = 7"), "{text}");
+    assert!(text.contains(&bridge.url), "{text}");
+    std::fs::write(&config, "max_recipients = \"many\"\n").unwrap();
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let missing = Command::new(common::daemon_bin())
+        .args([
+            "--config",
+            "/nonexistent/smtp_bridge.conf",
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(78), "{missing:?}");
+}
+
+#[test]
+fn help_version_and_usage_errors() {
+    let help = Command::new(common::daemon_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--config",
+        "--loglevel",
+        "--check-config",
+        "--foreground",
+        "--version",
+        "--help",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+    let version = Command::new(common::daemon_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let bad = Command::new(common::daemon_bin())
+        .arg("--frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64), "{bad:?}");
+}
+
+#[test]
+fn address_in_use_exits_71() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    );
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,959 @@
+//! Byte-script tests of the SMTP engine (`smtp::Session`) and of `smtp::stdio::serve`.
+//!
+//! A small host (`run`) plays the daemon's part: it feeds input chunks, collects messages
+//! from the events, checks the driving contract on every call (data only inside a message,
+//! nothing consumed while waiting, bounded internal buffer, data handed out as slices of the
+//! input) and commits each message. Every script is run whole, split at every byte offset,
+//! byte at a time and at random offsets, and must give identical output and data each time.
+
+use std::io::Cursor;
+
+use smtp_bridge::smtp::{stdio, Event, Session, SessionConfig, Transaction};
+
+/// Small limits so that scripts can cross them in a few bytes.
+fn small_config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".to_string(),
+        max_message_size: 100,
+        max_recipients: 2,
+        max_line_length: 80,
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Committed; the client got 250.
+    Queued,
+    /// The host failed to commit it; the client got 452.
+    CommitFailed,
+    /// The engine aborted it (too large, RSET, QUIT, BDAT error).
+    Aborted,
+    /// The input ended in the middle of it.
+    Unfinished,
+}
+
+/// One message as the host saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Message {
+    transaction: Transaction,
+    data: Vec<u8>,
+    outcome: Outcome,
+}
+
+/// Everything observable from one run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Transcript {
+    output: Vec<u8>,
+    messages: Vec<Message>,
+    closed: bool,
+}
+
+/// The host commits every message at once, except that a message containing this marker
+/// "fails to reach the disk".
+const FAIL_MARKER: &[u8] = b"FAIL-COMMIT";
+
+/// Drives a fresh session with `chunks`, checking the contract at every step.
+fn run<'c>(config: SessionConfig, chunks: impl IntoIterator<Item = &'c [u8]>) -> Transcript {
+    let max_line = config.max_line_length;
+    let max_size = config.max_message_size;
+    let mut session = Session::new(config);
+    let mut transcript = Transcript::default();
+    session.greeting(&mut transcript.output);
+    let mut open: Option<Message> = None;
+    let mut queue_number = 0;
+    'chunks: for chunk in chunks {
+        let mut pos = 0;
+        loop {
+            let rest = &chunk[pos..];
+            let (used, event) = session.feed(rest, &mut transcript.output);
+            assert!(used <= rest.len(), "consumed more than given");
+            pos += used;
+            assert!(
+                session.buffered() < max_line.max(1),
+                "line buffer {} not below the limit {max_line}",
+                session.buffered()
+            );
+            match event {
+                Event::NeedInput => {
+                    assert_eq!(pos, chunk.len(), "NeedInput with input left");
+                    break;
+                }
+                Event::MessageStart(transaction) => {
+                    assert!(open.is_none(), "MessageStart inside a message");
+                    assert!(session.in_message());
+                    open = Some(Message {
+                        transaction,
+                        data: Vec::new(),
+                        outcome: Outcome::Unfinished,
+                    });
+                }
+                Event::Data(bytes) => {
+                    assert!(!bytes.is_empty(), "empty Data event");
+                    // Never buffered: a slice of this very input, or the one withheld CR.
+                    let inside = rest.as_ptr_range().contains(&bytes.as_ptr());
+                    assert!(inside || bytes == b"\r", "Data not taken from the input");
+                    let message = open.as_mut().expect("Data outside a message");
+                    message.data.extend_from_slice(bytes);
+                    assert!(
+                        message.data.len() as u64 <= max_size,
+                        "Data beyond the limit"
+                    );
+                }
+                Event::MessageAbort => {
+                    let mut message = open.take().expect("MessageAbort outside a message");
+                    assert!(!session.in_message());
+                    // The host discards what it had; how much that was depends on where
+                    // the input was split, so it is not part of the transcript.
+                    message.data.clear();
+                    message.outcome = Outcome::Aborted;
+                    transcript.messages.push(message);
+                }
+                Event::MessageEnd => {
+                    let mut message = open.take().expect("MessageEnd outside a message");
+                    assert!(session.is_waiting());
+                    assert!(!session.in_message());
+                    // Whatever follows must wait for the commit.
+                    let replies_before = transcript.output.len();
+                    let (waited, event) = session.feed(&chunk[pos..], &mut transcript.output);
+                    assert_eq!((waited, event), (0, Event::Waiting));
+                    assert_eq!(transcript.output.len(), replies_before);
+                    let failing = message
+                        .data
+                        .windows(FAIL_MARKER.len())
+                        .any(|w| w == FAIL_MARKER);
+                    if failing {
+                        session.committed(Err("disk full"), &mut transcript.output);
+                        message.outcome = Outcome::CommitFailed;
+                    } else {
+                        queue_number += 1;
+                        let id = format!("Q{queue_number}");
+                        session.committed(Ok(&id), &mut transcript.output);
+                        message.outcome = Outcome::Queued;
+                    }
+                    assert!(!session.is_waiting());
+                    transcript.messages.push(message);
+                }
+                Event::Waiting => panic!("Waiting without a MessageEnd"),
+                Event::Close => {
+                    transcript.closed = true;
+                    break 'chunks;
+                }
+            }
+        }
+    }
+    if let Some(message) = open {
+        transcript.messages.push(message);
+    }
+    transcript
+}
+
+/// Splits output into replies (multi-line ones joined) and checks each line's form.
+fn replies(output: &[u8]) -> Vec<String> {
+    let text = String::from_utf8(output.to_vec()).expect("replies are UTF-8");
+    assert!(
+        text.is_empty() || text.ends_with("\r\n"),
+        "unterminated reply"
+    );
+    let mut replies = Vec::new();
+    let mut current = String::new();
+    for line in text.split_terminator("\r\n") {
+        let bytes = line.as_bytes();
+        assert!(bytes.len() >= 4, "short reply line {line:?}");
+        assert!(
+            bytes[..3].iter().all(u8::is_ascii_digit),
+            "bad code {line:?}"
+        );
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        current.push_str(line);
+        match bytes[3] {
+            b' ' => replies.push(std::mem::take(&mut current)),
+            b'-' => current.push('\n'),
+            _ => panic!("bad separator in {line:?}"),
+        }
+    }
+    assert!(current.is_empty(), "unfinished multi-line reply");
+    replies
+}
+
+/// The last line of each reply (it carries the enhanced code of a multi-line reply).
+fn final_lines(output: &[u8]) -> Vec<String> {
+    replies(output)
+        .into_iter()
+        .map(|r| r.rsplit('\n').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so that no dependency is needed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A script: input bytes, the expected reply prefixes (matched against the last line of each
+/// reply, in order, greeting first) and the expected messages.
+struct Script {
+    name: &'static str,
+    input: &'static [u8],
+    replies: &'static [&'static str],
+    messages: &'static [(&'static [u8], Outcome)],
+    closed: bool,
+}
+
+const SCRIPTS: &[Script] = &[
+    Script {
+        name: "ehlo session with dot-stuffing",
+        input: b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n\
+                 Subject: hi\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n",
+        replies: &["220 mx.test ESMTP", "250 CHUNKING", "250 2.1.0", "250 2.1.5", "354",
+                   "250 2.0.0 Ok: queued as Q1", "221 2.0.0"],
+        messages: &[(b"Subject: hi\r\n\r\n.leading dot\r\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "postfix leniency: HELO, bare LF, space after colon, unqualified",
+        input: b"HELO client\nMAIL FROM: <a@b.test>\nRCPT TO:root\nDATA\nline\n..dot\n\xe9t\xe9\n.\nQUIT\n",
+        replies: &["220", "250 mx.test", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221"],
+        messages: &[(b"line\n.dot\n\xe9t\xe9\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "no HELO needed; pipelined messages, RSET, NOOP",
+        input: b"MAIL FROM:<>\r\nRCPT TO:<x@y>\r\nDATA\r\none\r\n.\r\nNOOP\r\nRSET\r\n\
+                 MAIL FROM:<p@q>\r\nRCPT TO:<x@y>\r\nRSET\r\nRCPT TO:<x@y>\r\n\
+                 MAIL FROM:<p@q>\r\nRCPT TO:<x@y>\r\nRCPT TO:<z@y>\r\nDATA\r\ntwo\r\n.\r\nQUIT\r\n",
+        replies: &["220", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0 Ok: queued as Q1",
+                   "250 2.0.0", "250 2.0.0", "250 2.1.0", "250 2.1.5", "250 2.0.0",
+                   "503 5.5.1", "250 2.1.0", "250 2.1.5", "250 2.1.5", "354",
+                   "250 2.0.0 Ok: queued as Q2", "221"],
+        messages: &[(b"one\r\n", Outcome::Queued), (b"two\r\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "every error reply",
+        input: b"\r\n\x00\x01garbage\r\nFROB x\r\nVRFY root\r\nEXPN staff\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\
+                 HELP\r\nRCPT TO:<a@b>\r\nDATA\r\nHELO\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b> FOO=1\r\n\
+                 MAIL FROM:<a@b> BODY=9BIT\r\nMAIL FROM:<a@b> SIZE=101\r\nMAIL FROM:<a@b> SIZE=100\r\n\
+                 MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
+                 RCPT TO:<d@b>\r\nDATA x\r\nRSET x\r\nQUIT x\r\nRSET\r\nQUIT\r\nNOOP\r\n",
+        replies: &["220", "500 5.5.2", "500 5.5.2", "502 5.5.1", "252 2.5.0", "502 5.5.1",
+                   "502 5.5.1", "502 5.5.1", "214", "503 5.5.1", "503 5.5.1", "501 5.5.4",
+                   "501 5.1.7", "555 5.5.4", "501 5.5.4", "552 5.3.4", "250 2.1.0", "503 5.5.1",
+                   "503 5.5.1", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
+                   "501 5.5.4", "501 5.5.4", "501 5.5.4", "250 2.0.0", "221 2.0.0"],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        name: "commit failure gets 452, never 250; the session goes on",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nFAIL-COMMIT\r\n.\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nfine\r\n.\r\nQUIT\r\n",
+        replies: &["220", "250", "250", "354", "452 4.3.1", "250", "250", "354",
+                   "250 2.0.0 Ok: queued as Q1", "221"],
+        messages: &[(b"FAIL-COMMIT\r\n", Outcome::CommitFailed), (b"fine\r\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "oversized DATA is read to its end, then 552",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n\
+                 0123456789012345678901234567890123456789\r\n\
+                 0123456789012345678901234567890123456789\r\n\
+                 0123456789012345678901234567890123456789\r\n\
+                 QUIT\r\n.\r\nNOOP\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nsmall\r\n.\r\nQUIT\r\n",
+        replies: &["220", "250", "250", "354", "552 5.3.4", "250 2.0.0", "250", "250", "354",
+                   "250 2.0.0 Ok: queued as Q1", "221"],
+        messages: &[(b"", Outcome::Aborted), (b"small\r\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "a message of exactly the limit is accepted",
+        input: b"MAIL FROM:<a@b> SIZE=100\r\nRCPT TO:<c@d>\r\nDATA\r\n\
+                 012345678901234567890123456789012345678901234567\r\n\
+                 012345678901234567890123456789012345678901234567\r\n.\r\n",
+        replies: &["220", "250", "250", "354", "250 2.0.0 Ok: queued as Q1"],
+        messages: &[(b"012345678901234567890123456789012345678901234567\r\n\
+                       012345678901234567890123456789012345678901234567\r\n", Outcome::Queued)],
+        closed: false,
+    },
+    Script {
+        name: "command line too long: 500, rest of line discarded, session goes on",
+        input: b"NOOP 4567890123456789012345678901234567890123456789012345678901234567890123456\r\n\
+                 NOOP 45678901234567890123456789012345678901234567890123456789012345678901234567\r\n\
+                 MAIL FROM:<a@b> xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n\
+                 RCPT TO:<c@d>\r\nNOOP\r\n",
+        replies: &["220", "250 2.0.0", "500 5.5.2 Line too long", "500 5.5.2 Line too long",
+                   "503 5.5.1", "250 2.0.0"],
+        messages: &[],
+        closed: false,
+    },
+    Script {
+        name: "NUL and 8-bit bytes in commands and data",
+        input: b"EHLO \xff\xfe\r\nMAIL FROM:<a\x00@b>\r\nMAIL FROM:<\xc3\xa9@b>\r\nRCPT TO:<\xff@b>\r\n\
+                 RCPT TO:<c@d>\r\nDATA\r\n\x00\x00\xff\r\n.\x00\r\n.\r\n\x00QUIT\r\nQUIT\r\n",
+        replies: &["220", "250 CHUNKING", "501 5.1.7", "250 2.1.0", "501 5.1.3", "250 2.1.5",
+                   "354", "250 2.0.0", "500 5.5.2", "221"],
+        messages: &[(b"\x00\x00\xff\r\n\x00\r\n", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "BDAT chunks, counted exactly, in one transaction and after a DATA one",
+        input: b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 7\r\n.\r\nx\r\n.BDAT 12 LAST\r\nQUIT\r\nRSET\r\n\
+                 MAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<c@d>\r\nDATA\r\nBDAT 0 LAST\r\nQUIT\r\n",
+        replies: &["220", "250 CHUNKING", "250 2.1.0", "250 2.1.5", "250 2.0.0 Ok: 7 octets",
+                   "250 2.0.0 Ok: queued as Q1", "250", "250", "503 5.5.1",
+                   "250 2.0.0 Ok: queued as Q2", "221"],
+        messages: &[(b".\r\nx\r\n.QUIT\r\nRSET\r\n", Outcome::Queued), (b"", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "refused BDATs still have their octets read",
+        input: b"BDAT 6\r\nQUIT\r\nMAIL FROM:<a@b>\r\nBDAT 6 LAST\r\nRSET\r\nRCPT TO:<c@d>\r\nBDAT 0\r\nBDAT 5 LAST\r\nhello\
+                 QUIT\r\n",
+        replies: &["220", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "250 2.0.0 Ok: 0 octets",
+                   "250 2.0.0 Ok: queued as Q1", "221"],
+        messages: &[(b"hello", Outcome::Queued)],
+        closed: true,
+    },
+    Script {
+        name: "oversized BDAT: aborted at the crossing, 552 after the chunk, then in sync",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 60\r\n\
+                 012345678901234567890123456789012345678901234567890123456789BDAT 60 LAST\r\n\
+                 012345678901234567890123456789012345678901234567890123456789NOOP\r\n",
+        replies: &["220", "250", "250", "250 2.0.0 Ok: 60 octets", "552 5.3.4", "250 2.0.0"],
+        messages: &[(b"", Outcome::Aborted)],
+        closed: false,
+    },
+    Script {
+        name: "RSET, BDAT error and QUIT between chunks abort the message",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nabRSET\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
+        replies: &["220", "250", "250", "250 2.0.0 Ok: 2 octets", "250 2.0.0",
+                   "250", "250", "250 2.0.0 Ok: 2 octets", "501 5.5.4", "503 5.5.1",
+                   "250", "250", "250 2.0.0 Ok: 2 octets", "503 5.5.1", "503 5.5.1", "503 5.5.1",
+                   "503 5.5.1", "221"],
+        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted)],
+        closed: true,
+    },
+    Script {
+        name: "input ends inside a message",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\npartial\r\n.",
+        replies: &["220", "250", "250", "354"],
+        messages: &[(b"partial\r\n", Outcome::Unfinished)],
+        closed: false,
+    },
+    Script {
+        name: "dot-unstuffing corner cases",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n.\rx\r\n...\r\n. \r\na.\r\n\r.\r\n.\n",
+        replies: &["220", "250", "250", "354", "250 2.0.0 Ok: queued as Q1"],
+        messages: &[(b"\rx\r\n..\r\n \r\na.\r\n\r.\r\n", Outcome::Queued)],
+        closed: false,
+    },
+];
+
+fn check_script(script: &Script, transcript: &Transcript) {
+    let lines = final_lines(&transcript.output);
+    assert_eq!(
+        lines.len(),
+        script.replies.len(),
+        "{}: replies {lines:#?}",
+        script.name
+    );
+    for (line, expected) in lines.iter().zip(script.replies) {
+        assert!(
+            line.starts_with(expected),
+            "{}: got {line:?}, expected {expected:?}; all replies {lines:#?}",
+            script.name
+        );
+    }
+    let messages: Vec<(&[u8], Outcome)> = transcript
+        .messages
+        .iter()
+        .map(|m| (m.data.as_slice(), m.outcome))
+        .collect();
+    assert_eq!(messages, script.messages, "{}: messages", script.name);
+    assert_eq!(transcript.closed, script.closed, "{}: closed", script.name);
+}
+
+#[test]
+fn scripts_whole() {
+    for script in SCRIPTS {
+        let transcript = run(small_config(), [script.input]);
+        check_script(script, &transcript);
+    }
+}
+
+#[test]
+fn scripts_split_at_every_offset() {
+    for script in SCRIPTS {
+        let whole = run(small_config(), [script.input]);
+        for at in 0..=script.input.len() {
+            let (a, b) = script.input.split_at(at);
+            let split = run(small_config(), [a, b]);
+            assert_eq!(split, whole, "{}: split at {at}", script.name);
+        }
+    }
+}
+
+#[test]
+fn scripts_byte_at_a_time() {
+    for script in SCRIPTS {
+        let whole = run(small_config(), [script.input]);
+        let bytes = run(small_config(), script.input.chunks(1));
+        assert_eq!(bytes, whole, "{}: byte at a time", script.name);
+    }
+}
+
+#[test]
+fn scripts_at_random_offsets() {
+    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    for script in SCRIPTS {
+        let whole = run(small_config(), [script.input]);
+        for _ in 0..50 {
+            let chunks = random_chunks(&mut rng, script.input);
+            assert_eq!(run(small_config(), chunks), whole, "{}", script.name);
+        }
+    }
+}
+
+fn random_chunks<'i>(rng: &mut XorShift, input: &'i [u8]) -> Vec<&'i [u8]> {
+    let mut chunks = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let take = 1 + rng.below(rest.len().min(16));
+        let (chunk, tail) = rest.split_at(take);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+/// A client speaking one command at a time, as most real clients do.
+struct Client {
+    session: Session,
+    out: Vec<u8>,
+    events: Vec<String>,
+}
+
+impl Client {
+    fn new(config: SessionConfig) -> Client {
+        let mut session = Session::new(config);
+        let mut out = Vec::new();
+        session.greeting(&mut out);
+        let greeting = String::from_utf8(std::mem::take(&mut out)).expect("UTF-8 greeting");
+        assert_eq!(greeting, "220 mx.test ESMTP\r\n");
+        Client {
+            session,
+            out,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sends raw bytes; commits any message at once as `QID`; returns the reply text.
+    fn send(&mut self, bytes: &[u8]) -> String {
+        let mut pos = 0;
+        loop {
+            let (used, event) = self.session.feed(&bytes[pos..], &mut self.out);
+            pos += used;
+            match event {
+                Event::NeedInput => break,
+                Event::MessageEnd => {
+                    self.events.push("end".to_string());
+                    self.session.committed(Ok("QID"), &mut self.out);
+                }
+                Event::MessageStart(tx) => self.events.push(format!(
+                    "start helo={} from=<{}> to={}",
+                    tx.helo,
+                    tx.sender,
+                    tx.recipients.join(",")
+                )),
+                Event::Data(data) => self
+                    .events
+                    .push(format!("data {}", String::from_utf8_lossy(data))),
+                Event::MessageAbort => self.events.push("abort".to_string()),
+                Event::Waiting => panic!("waiting after a commit"),
+                Event::Close => {
+                    self.events.push("close".to_string());
+                    break;
+                }
+            }
+        }
+        String::from_utf8(std::mem::take(&mut self.out)).expect("UTF-8 replies")
+    }
+
+    /// Sends one command line; asserts one reply starting with `expected`.
+    fn cmd(&mut self, line: &str, expected: &str) -> String {
+        let reply = self.send(format!("{line}\r\n").as_bytes());
+        let replies = replies(reply.as_bytes());
+        assert_eq!(replies.len(), 1, "{line:?} got {reply:?}");
+        let last = replies[0].rsplit('\n').next().unwrap_or_default();
+        assert!(
+            reply.starts_with(expected) || last.starts_with(expected),
+            "{line:?}: got {reply:?}, expected {expected:?}"
+        );
+        reply
+    }
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".to_string(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_line_length: 512,
+    }
+}
+
+#[test]
+fn ehlo_advertises_exactly_our_extensions() {
+    let mut client = Client::new(config());
+    let reply = client.cmd("EHLO client.test", "250");
+    assert_eq!(
+        reply,
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n"
+    );
+    assert_eq!(client.cmd("HELO client.test", "250"), "250 mx.test\r\n");
+}
+
+#[test]
+fn transaction_carries_helo_sender_and_recipients() {
+    let mut client = Client::new(config());
+    client.cmd("EHLO laptop.test", "250");
+    client.cmd("MAIL FROM:<>", "250 2.1.0");
+    client.cmd("RCPT TO:root", "250 2.1.5");
+    client.cmd(
+        "RCPT TO: <j\u{f6}rg@b\u{fc}cher.test> NOTIFY=NEVER",
+        "250 2.1.5",
+    );
+    client.cmd("RCPT TO:<@relay.test:owner@x.test>", "250 2.1.5");
+    client.cmd("RCPT TO:<fourth@x.test>", "452 4.5.3");
+    client.cmd("DATA", "354");
+    client.send(b"hi\r\n.\r\n");
+    assert_eq!(
+        client.events,
+        [
+            "start helo=laptop.test from=<> to=root,j\u{f6}rg@b\u{fc}cher.test,owner@x.test",
+            "data hi\r\n",
+            "end"
+        ]
+    );
+}
+
+#[test]
+fn mail_without_helo_has_an_empty_helo() {
+    let mut client = Client::new(config());
+    client.cmd("MAIL FROM:root", "250");
+    client.cmd("RCPT TO:root", "250");
+    assert_eq!(client.send(b"BDAT 2 LAST\r\n"), "");
+    assert_eq!(client.send(b"ok"), "250 2.0.0 Ok: queued as QID\r\n");
+    assert_eq!(
+        client.events,
+        ["start helo= from=<root> to=root", "data ok", "end"]
+    );
+}
+
+#[test]
+fn waiting_consumes_nothing_until_committed() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n";
+    let mut pos = 0;
+    let mut events = Vec::new();
+    loop {
+        let (used, event) = session.feed(&input[pos..], &mut out);
+        pos += used;
+        let end = event == Event::MessageEnd;
+        events.push(format!("{event:?}"));
+        if end {
+            break;
+        }
+    }
+    assert_eq!(&input[pos..], b"NOOP\r\nQUIT\r\n");
+    assert!(session.is_waiting());
+    for _ in 0..3 {
+        assert_eq!(session.feed(&input[pos..], &mut out), (0, Event::Waiting));
+    }
+    let before = String::from_utf8_lossy(&out).into_owned();
+    assert!(!before.contains("250 2.0.0"), "{before}");
+    session.committed(Ok("4F2A9C"), &mut out);
+    assert!(!session.is_waiting());
+    assert_eq!(session.feed(&input[pos..], &mut out), (12, Event::Close));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as 4F2A9C\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"),
+        "{text}"
+    );
+    // After Close the session stays closed and consumes nothing.
+    assert_eq!(session.feed(b"NOOP\r\n", &mut out), (0, Event::Close));
+    assert!(events[0].starts_with("MessageStart"), "{events:?}");
+}
+
+#[test]
+fn failed_commit_is_452_never_250() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n.\r\n";
+    let mut pos = 0;
+    loop {
+        let (used, event) = session.feed(&input[pos..], &mut out);
+        pos += used;
+        if event == Event::MessageEnd {
+            break;
+        }
+        assert_ne!(event, Event::NeedInput, "no MessageEnd");
+    }
+    out.clear();
+    session.committed(Err("No space left on device"), &mut out);
+    assert_eq!(out, b"452 4.3.1 Insufficient system storage\r\n");
+    // A second (stray) commit changes nothing.
+    out.clear();
+    session.committed(Ok("X"), &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn queue_id_and_hostname_cannot_inject_lines() {
+    let mut session = Session::new(SessionConfig {
+        hostname: "evil\r\n250 host".to_string(),
+        ..config()
+    });
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    assert_eq!(out, b"220 evil250host ESMTP\r\n");
+    out.clear();
+    let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 0 LAST\r\n";
+    let mut pos = 0;
+    loop {
+        let (used, event) = session.feed(&input[pos..], &mut out);
+        pos += used;
+        if event == Event::MessageEnd {
+            break;
+        }
+        assert_ne!(event, Event::NeedInput, "no MessageEnd");
+    }
+    out.clear();
+    session.committed(Ok("ID\r\n221 bye"), &mut out);
+    assert_eq!(out, b"250 2.0.0 Ok: queued as ID221bye\r\n");
+}
+
+#[test]
+fn line_length_limit_is_exact_and_counts_the_line_end() {
+    let limit = 512;
+    for (ending, extra) in [("\r\n", 2), ("\n", 1)] {
+        // "NOOP " + padding + ending == limit bytes: accepted.
+        let fits = format!("NOOP {}{ending}", "x".repeat(limit - 5 - extra));
+        assert_eq!(fits.len(), limit);
+        let over = format!("NOOP {}{ending}", "x".repeat(limit - 4 - extra));
+        let mut client = Client::new(config());
+        assert_eq!(client.send(fits.as_bytes()), "250 2.0.0 Ok\r\n");
+        assert_eq!(client.send(over.as_bytes()), "500 5.5.2 Line too long\r\n");
+        assert_eq!(client.send(b"NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    }
+}
+
+#[test]
+fn endless_line_uses_bounded_memory_and_gets_one_reply() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    let block = vec![b'A'; 4096];
+    for _ in 0..256 {
+        assert_eq!(
+            session.feed(&block, &mut out),
+            (block.len(), Event::NeedInput)
+        );
+        assert!(session.buffered() < 512);
+    }
+    assert_eq!(out, b"500 5.5.2 Line too long\r\n");
+    out.clear();
+    assert_eq!(
+        session.feed(b"AAA\r\nNOOP\r\n", &mut out),
+        (11, Event::NeedInput)
+    );
+    assert_eq!(out, b"250 2.0.0 Ok\r\n");
+}
+
+#[test]
+fn huge_message_is_streamed_then_refused_with_552() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let mut data_bytes = 0;
+    let header = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec();
+    let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+    let mut chunks = vec![header];
+    for _ in 0..10_000 {
+        chunks.push(line.to_vec());
+    }
+    chunks.push(b".\r\nNOOP\r\n".to_vec());
+    for chunk in &chunks {
+        let mut pos = 0;
+        loop {
+            let (used, event) = session.feed(&chunk[pos..], &mut out);
+            pos += used;
+            match event {
+                Event::NeedInput => break,
+                Event::Data(bytes) => data_bytes += bytes.len(),
+                other => events.push(format!("{other:?}")),
+            }
+        }
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].starts_with("MessageStart"));
+    assert_eq!(events[1], "MessageAbort");
+    assert!(data_bytes <= 1000, "{data_bytes} bytes handed out");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn in_message_tracks_the_open_spool_file() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    assert!(!session.in_message());
+    assert!(matches!(
+        session.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3\r\n", &mut out),
+        (_, Event::MessageStart(_))
+    ));
+    assert!(session.in_message());
+    assert_eq!(session.feed(b"ab", &mut out), (2, Event::Data(b"ab")));
+    assert!(session.in_message());
+    assert_eq!(session.feed(b"c", &mut out), (1, Event::Data(b"c")));
+    assert_eq!(session.feed(b"", &mut out), (0, Event::NeedInput));
+    assert!(
+        session.in_message(),
+        "between chunks the message is still open"
+    );
+    assert_eq!(
+        session.feed(b"RSET\r\n", &mut out),
+        (6, Event::MessageAbort)
+    );
+    assert!(!session.in_message());
+    assert_eq!(session.feed(b"", &mut out), (0, Event::NeedInput));
+}
+
+#[test]
+fn quit_inside_a_chunked_message_aborts_then_closes() {
+    let mut session = Session::new(config());
+    let mut out = Vec::new();
+    let input = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nxQUIT\r\n";
+    let mut pos = 0;
+    let mut events = Vec::new();
+    loop {
+        let (used, event) = session.feed(&input[pos..], &mut out);
+        pos += used;
+        let close = event == Event::Close;
+        events.push(format!("{event:?}"));
+        if close || events.len() > 10 {
+            break;
+        }
+    }
+    assert_eq!(events[1..], ["Data([120])", "MessageAbort", "Close"]);
+    assert!(String::from_utf8_lossy(&out).ends_with("221 2.0.0 Bye\r\n"));
+}
+
+/// The smtp-proto fuzzer's idea: random input drawn mostly from the SMTP alphabet reaches
+/// deep states. Nothing may panic, the contract checks in `run` must hold, every reply must be
+/// well-formed, and a random split must not change anything.
+#[test]
+fn random_input_smoke() {
+    const TOKENS: &[&[u8]] = &[
+        b"HELO x\r\n",
+        b"EHLO y\r\n",
+        b"MAIL FROM:<a@b>\r\n",
+        b"MAIL FROM:<> SIZE=50 BODY=8BITMIME\r\n",
+        b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n",
+        b"RCPT TO:<c@d>\r\n",
+        b"RCPT TO:root\n",
+        b"DATA\r\n",
+        b"BDAT 7\r\n",
+        b"BDAT 3 LAST\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"BDAT x\r\n",
+        b".\r\n",
+        b".\n",
+        b"..x\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"VRFY x\r\n",
+        b"FAIL-COMMIT\r\n",
+        b"0123456789012345678901234567890123456789012345678901234567890123456789",
+    ];
+    let mut rng = XorShift(0x0dd_ba11_cafe_f00d);
+    for _ in 0..2000 {
+        let mut input = Vec::new();
+        for _ in 0..rng.below(60) {
+            match rng.below(10) {
+                0 => {
+                    for _ in 0..1 + rng.below(12) {
+                        input.push(rng.next() as u8);
+                    }
+                }
+                1 if rng.below(8) == 0 => input.extend_from_slice(b"QUIT\r\n"),
+                _ => input.extend_from_slice(TOKENS[rng.below(TOKENS.len())]),
+            }
+        }
+        let whole = run(small_config(), [input.as_slice()]);
+        replies(&whole.output);
+        let chunks = random_chunks(&mut rng, &input);
+        assert_eq!(
+            run(small_config(), chunks),
+            whole,
+            "input {:?}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+}
+
+/// Purely random bytes, in random chunks, with a tiny line limit.
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    for _ in 0..500 {
+        let length = rng.below(2048);
+        let input: Vec<u8> = (0..length).map(|_| rng.next() as u8).collect();
+        let config = SessionConfig {
+            max_line_length: 1 + rng.below(40),
+            ..small_config()
+        };
+        let chunks = random_chunks(&mut rng, &input);
+        let transcript = run(config, chunks);
+        replies(&transcript.output);
+    }
+}
+
+/// The Symfony Mailer `SmtpTransport` dialogue over `sendmail -bs` (sendmail-compat.md §5):
+/// HELO, then per message MAIL, RCPT, DATA with dot-stuffed data; RSET, NOOP; QUIT.
+#[test]
+fn stdio_serves_a_symfony_like_session() {
+    let script: &[u8] = b"HELO [127.0.0.1]\r\n\
+        MAIL FROM:<app@example.test>\r\nRCPT TO:<owner@example.test>\r\nDATA\r\n\
+        From: app@example.test\r\nSubject: one\r\n\r\nfirst body\r\n..stuffed\r\n.\r\n\
+        RSET\r\nNOOP\r\n\
+        MAIL FROM:<app@example.test>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n\
+        Subject: two\r\n\r\nsecond\r\n.\r\n\
+        QUIT\r\nNOOP\r\n";
+    let mut input = Cursor::new(script.to_vec());
+    let mut output = Vec::new();
+    let mut submitted = Vec::new();
+    let accepted = stdio::serve(config(), &mut input, &mut output, |tx, bytes| {
+        submitted.push((tx, bytes));
+        Ok(format!("ID{}", submitted.len()))
+    })
+    .expect("serve");
+    assert_eq!(accepted, 2);
+    assert_eq!(
+        String::from_utf8(output).expect("UTF-8"),
+        "220 mx.test ESMTP\r\n250 mx.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as ID1\r\n\
+         250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n\
+         354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as ID2\r\n221 2.0.0 Bye\r\n"
+    );
+    assert_eq!(submitted.len(), 2);
+    assert_eq!(submitted[0].0.helo, "[127.0.0.1]");
+    assert_eq!(submitted[0].0.sender, "app@example.test");
+    assert_eq!(submitted[0].0.recipients, ["owner@example.test"]);
+    assert_eq!(
+        submitted[0].1,
+        b"From: app@example.test\r\nSubject: one\r\n\r\nfirst body\r\n.stuffed\r\n"
+    );
+    assert_eq!(
+        submitted[1].0.recipients,
+        ["a@example.test", "b@example.test"]
+    );
+    assert_eq!(submitted[1].1, b"Subject: two\r\n\r\nsecond\r\n");
+    // QUIT ended the session: the NOOP after it was not read as a command.
+    assert_eq!(input.position() as usize, script.len());
+}
+
+/// A reader that hands out its bytes a few at a time, like a pipe, with interruptions.
+struct Trickle {
+    data: Vec<u8>,
+    pos: usize,
+    calls: usize,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 5 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = (self.calls % 7 + 1)
+            .min(buf.len())
+            .min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn stdio_handles_failures_oversize_and_eof() {
+    let script = b"EHLO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nrefuse me\n.\n\
+        MAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\n"
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(b'x', 5000))
+        .chain(
+            b"\n.\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nBDAT 4 LAST\nbdat"
+                .iter()
+                .copied(),
+        )
+        .collect::<Vec<u8>>();
+    let mut input = Trickle {
+        data: script,
+        pos: 0,
+        calls: 0,
+    };
+    let mut output = Vec::new();
+    let mut seen = Vec::new();
+    let accepted = stdio::serve(config(), &mut input, &mut output, |tx, bytes| {
+        seen.push(bytes.clone());
+        if bytes.starts_with(b"refuse") {
+            Err("spool unwritable".to_string())
+        } else {
+            Ok(format!("{}", tx.recipients.len()))
+        }
+    })
+    .expect("serve");
+    assert_eq!(accepted, 1);
+    assert_eq!(seen, [b"refuse me\n".to_vec(), b"bdat".to_vec()]);
+    let lines = final_lines(&output);
+    let codes: Vec<&str> = lines.iter().map(|l| &l[..9]).collect();
+    assert_eq!(
+        codes,
+        [
+            "220 mx.te",
+            "250 CHUNK",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "452 4.3.1",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End d",
+            "552 5.3.4",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0"
+        ]
+    );
+}

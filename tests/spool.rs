@@ -1,0 +1,678 @@
+//! The spool against the real file system: durability of committed messages, ID order across
+//! threads and processes, the hostile maildrop, crash leftovers, and what a full disk (a file
+//! size limit in a child process) leaves behind.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::TestDir;
+use smtp_bridge::envelope::{Envelope, Origin};
+use smtp_bridge::spool::{QueueId, Spool, MAGIC, MAX_HEADER_BYTES};
+
+/// The environment variable that turns `child_helper` into a child process's main.
+const CHILD_ENV: &str = "SMTP_BRIDGE_SPOOL_TEST_CHILD";
+
+fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: sender.into(),
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        origin: Origin::Smtp {
+            peer: "127.0.0.1:40000".parse().unwrap(),
+            helo: "client.example".into(),
+        },
+        // The spool keeps times to the microsecond.
+        arrival: UNIX_EPOCH
+            + Duration::from_micros(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as u64,
+            ),
+    }
+}
+
+fn prepared(dir: &TestDir) -> Spool {
+    let spool = Spool::new(dir.join("spool"));
+    spool.prepare(None).unwrap();
+    spool
+}
+
+/// Every name in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Commits `body` in `queue/` and returns its ID.
+fn queue_message(spool: &Spool, env: &Envelope, body: &[u8]) -> QueueId {
+    let mut w = spool.create(env).unwrap();
+    w.write_all(body).unwrap();
+    assert_eq!(w.size(), body.len() as u64);
+    w.commit().unwrap()
+}
+
+/// Commits `body` in `maildrop/` and returns its ID.
+fn drop_message(spool: &Spool, env: &Envelope, body: &[u8]) -> QueueId {
+    let mut w = spool.create_maildrop(env).unwrap();
+    w.write_all(body).unwrap();
+    w.commit().unwrap()
+}
+
+/// Runs this test binary again as a child whose main is `child_helper`, in `mode` with `arg`,
+/// optionally as another user.
+fn run_child(mode: &str, arg: &Path, uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_helper",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, format!("{mode}:{}", arg.display()));
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "child {mode} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The value of a `KEY=VALUE` word a child printed (libtest puts its own text before it).
+fn child_value(out: &Output, key: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("child printed no {key}=: {stdout}"))
+}
+
+/// Not a test of its own: the main of the child processes that `run_child` starts (ignored in
+/// normal runs, selected with `--ignored --exact child_helper`).
+#[test]
+#[ignore = "child process main, run by the other tests"]
+fn child_helper() {
+    let spec = std::env::var(CHILD_ENV).expect("run by run_child only");
+    let (mode, arg) = spec.split_once(':').unwrap();
+    let spool = Spool::new(arg);
+    match mode {
+        "id" => println!("id={}", QueueId::generate()),
+        "commit" => {
+            let id = queue_message(&spool, &envelope("child@x", &["r@x"]), b"from a child\n");
+            println!("id={id}");
+        }
+        "maildrop" => {
+            // An unprivileged user: maildrop works, queue/ does not.
+            let id = drop_message(&spool, &envelope("nobody@x", &["r@x"]), b"dropped\n");
+            println!("id={id}");
+            let queue = spool.create(&envelope("nobody@x", &["r@x"])).map(|_| ());
+            println!("queue={:?}", queue.map_err(|e| e.kind()).err());
+        }
+        "fsize" => {
+            // A file size limit stands in for a full disk: writes past it fail with EFBIG
+            // once SIGXFSZ is ignored.
+            unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGXFSZ,
+                    nix::sys::signal::SigHandler::SigIgn,
+                )
+                .unwrap();
+            }
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, 65536, 65536)
+                .unwrap();
+            let big = vec![b'x'; 1 << 20];
+            let env = envelope("a@x", &["b@x"]);
+            let queue = spool
+                .create(&env)
+                .and_then(|mut w| w.write_all(&big).and_then(|()| w.commit()));
+            println!("queue={:?}", queue.err().and_then(|e| e.raw_os_error()));
+            // Small writes stay in the buffer, so the last ones only fail at commit's flush.
+            let edge = spool.create(&env).and_then(|mut w| {
+                for chunk in big[..65536 - 100].chunks(1000) {
+                    w.write_all(chunk)?;
+                }
+                w.commit()
+            });
+            println!("edge={:?}", edge.err().and_then(|e| e.raw_os_error()));
+            let drop = spool
+                .create_maildrop(&env)
+                .and_then(|mut w| w.write_all(&big).and_then(|()| w.commit()));
+            println!("maildrop={:?}", drop.err().and_then(|e| e.raw_os_error()));
+            let ingest = spool.ingest_maildrop(1 << 20);
+            println!("ingest={:?}", ingest.err().and_then(|e| e.raw_os_error()));
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+#[test]
+fn committed_message_is_on_disk_byte_for_byte() {
+    let dir = TestDir::new("spool-durable");
+    let spool = prepared(&dir);
+    // Bytes a careless spool would mangle: NUL, lone CR, a lone dot line, no final newline,
+    // 8-bit, and more than one write buffer.
+    let mut body = b"Subject: x\r\n\r\n\0a\rb\n.\n\xff\xfe".to_vec();
+    body.extend(std::iter::repeat_n(b'z', 200_000));
+    body.extend_from_slice(b"\n.");
+    let env = envelope("s@x", &["r1@x", "r2@x"]);
+    let id = queue_message(&spool, &env, &body);
+    assert!(id.is_valid());
+
+    let on_disk = fs::read(spool.root().join("queue").join(&id.0)).unwrap();
+    assert!(on_disk.starts_with(format!("{MAGIC}\n").as_bytes()));
+    assert!(on_disk.ends_with(&body));
+    let header = &on_disk[..on_disk.len() - body.len()];
+    assert!(header.ends_with(b"\n\n"), "header ends with a blank line");
+    assert_eq!(mode(&spool.root().join("queue").join(&id.0)), 0o600);
+
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let entry = &list[0];
+    assert_eq!(entry.id, id);
+    assert_eq!(entry.size, body.len() as u64);
+    assert_eq!(entry.envelope, env);
+    assert_eq!(entry.attempts, 0);
+    assert_eq!(entry.next_attempt, env.arrival);
+    assert_eq!(entry.last_error, None);
+
+    let (entry, bytes) = spool.read(&id, usize::MAX).unwrap();
+    assert_eq!(bytes, body);
+    assert_eq!(entry.size, body.len() as u64);
+    let (_, head) = spool.read(&id, 10).unwrap();
+    assert_eq!(head, &body[..10]);
+}
+
+#[test]
+fn temp_files_are_never_listed_and_vanish_on_drop() {
+    let dir = TestDir::new("spool-temp");
+    let spool = prepared(&dir);
+    let queue = spool.root().join("queue");
+    let mut w = spool.create(&envelope("s@x", &["r@x"])).unwrap();
+    w.write_all(b"half a message").unwrap();
+    w.flush().unwrap();
+    let in_progress = names(&queue);
+    assert_eq!(in_progress.len(), 1);
+    assert!(in_progress[0].starts_with('.'), "{in_progress:?}");
+    assert!(spool.list().unwrap().is_empty());
+    drop(w);
+    assert!(
+        names(&queue).is_empty(),
+        "temp file left: {:?}",
+        names(&queue)
+    );
+
+    // A maildrop message being written is not ingested either.
+    let mut w = spool.create_maildrop(&envelope("s@x", &["r@x"])).unwrap();
+    w.write_all(b"still typing").unwrap();
+    w.flush().unwrap();
+    let report = spool.ingest_maildrop(1 << 20).unwrap();
+    assert_eq!((report.accepted, report.refused), (0, 0));
+    assert!(spool.list().unwrap().is_empty());
+    w.commit().unwrap();
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 1);
+    assert_eq!(spool.list().unwrap().len(), 1);
+}
+
+#[test]
+fn prepare_sets_modes_fixes_them_and_is_idempotent() {
+    let dir = TestDir::new("spool-prepare");
+    let spool = Spool::new(dir.join("var/spool/smtp_bridge"));
+    for _ in 0..2 {
+        spool.prepare(None).unwrap();
+        assert_eq!(mode(spool.root()), 0o755);
+        assert_eq!(mode(&spool.root().join("maildrop")), 0o1733);
+        assert_eq!(mode(&spool.root().join("queue")), 0o700);
+        assert_eq!(mode(&spool.root().join("failed")), 0o700);
+    }
+    fs::set_permissions(
+        spool.root().join("queue"),
+        fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    fs::set_permissions(
+        spool.root().join("maildrop"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    spool.prepare(None).unwrap();
+    assert_eq!(mode(&spool.root().join("queue")), 0o700);
+    assert_eq!(mode(&spool.root().join("maildrop")), 0o1733);
+
+    // A world-writable directory is a configuration mistake, not something to "fix".
+    let tmp = dir.join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(Spool::new(&tmp).prepare(None).is_err());
+    assert_eq!(mode(&tmp), 0o1777);
+
+    // A symlink in place of a subdirectory is refused, not followed.
+    let elsewhere = dir.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o750)).unwrap();
+    fs::remove_dir(spool.root().join("failed")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, spool.root().join("failed")).unwrap();
+    assert!(spool.prepare(None).is_err());
+    assert_eq!(mode(&elsewhere), 0o750);
+}
+
+#[test]
+fn prepare_gives_the_spool_to_its_owner_and_root_writes_stay_readable() {
+    if !common::require_root() {
+        return;
+    }
+    let dir = TestDir::new("spool-owner");
+    let spool = Spool::new(dir.join("spool"));
+    spool.prepare(Some((65534, 65534))).unwrap();
+    for sub in ["", "maildrop", "queue", "failed"] {
+        let meta = fs::metadata(spool.root().join(sub)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{sub}");
+    }
+    assert_eq!(mode(&spool.root().join("maildrop")), 0o1733);
+    // Root (say `sendmail -q` from root's crontab) writes files the daemon can still read.
+    let id = queue_message(&spool, &envelope("s@x", &["r@x"]), b"x\n");
+    spool
+        .defer(&id, SystemTime::now(), "connection refused")
+        .unwrap();
+    let _lock = spool.lock_runner(false).unwrap().unwrap();
+    spool.set_backlog(true).unwrap();
+    for path in [
+        spool.root().join("queue").join(&id.0),
+        spool.root().join("queue").join(format!("{id}.retry")),
+        spool.root().join("queue.lock"),
+        spool.root().join("backlog"),
+    ] {
+        assert_eq!(
+            fs::metadata(&path).unwrap().uid(),
+            65534,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn crash_leftovers_are_ignored_then_cleaned_by_prepare() {
+    let dir = TestDir::new("spool-leftovers");
+    let spool = prepared(&dir);
+    let queue = spool.root().join("queue");
+    let id = queue_message(&spool, &envelope("s@x", &["r@x"]), b"keep me\n");
+    // A process that died while writing: its pid is gone.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stray = queue.join(format!(".tmp.{dead}.0123456789abcdef"));
+    fs::write(&stray, b"half a messa").unwrap();
+    let stray_drop = spool
+        .root()
+        .join("maildrop")
+        .join(format!(".tmp.{dead}.feedfacefeedface"));
+    fs::write(&stray_drop, b"half").unwrap();
+    // A writer of this very process is still at work: its temp file stays.
+    let mut live = spool.create(&envelope("s@x", &["r@x"])).unwrap();
+    live.write_all(b"in progress").unwrap();
+    // Retry state whose message was removed just before a crash.
+    let orphan = queue.join("00000000000001000000000001.retry");
+    fs::write(&orphan, b"attempts 1\n").unwrap();
+
+    let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(listed, vec![id.clone()]);
+
+    spool.prepare(None).unwrap();
+    assert!(!stray.exists());
+    assert!(!stray_drop.exists());
+    assert!(!orphan.exists());
+    let left = names(&queue);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&id.0));
+    let live_id = live.commit().unwrap();
+    assert_eq!(spool.list().unwrap().len(), 2);
+    assert!(live_id > id);
+}
+
+#[test]
+fn ids_increase_across_threads_and_processes() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..2000).map(|_| QueueId::generate()).collect::<Vec<_>>()))
+        .collect();
+    let mut all = HashSet::new();
+    for t in threads {
+        let ids = t.join().unwrap();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "not increasing in a thread"
+        );
+        for id in ids {
+            assert!(id.is_valid());
+            assert!(all.insert(id), "duplicate ID");
+        }
+    }
+    // Parent, child, parent, child…: each ID sorts after the one handed out before it, in
+    // whatever process.
+    let mut last = QueueId::generate();
+    for _ in 0..3 {
+        let child = QueueId(child_value(&run_child("id", Path::new("-"), None), "id"));
+        assert!(child.is_valid(), "{child}");
+        assert!(child > last, "child {child} <= {last}");
+        let mine = QueueId::generate();
+        assert!(mine > child, "{mine} <= child {child}");
+        last = mine;
+    }
+}
+
+#[test]
+fn list_is_commit_order_across_processes_and_maildrop() {
+    let dir = TestDir::new("spool-order");
+    let spool = prepared(&dir);
+    let root = spool.root().to_path_buf();
+    let child = || QueueId(child_value(&run_child("commit", &root, None), "id"));
+    // Committed one after the other, alternating processes and the two directories.
+    let expected = vec![
+        queue_message(&spool, &envelope("1@x", &["r@x"]), b"1"),
+        child(),
+        drop_message(&spool, &envelope("3@x", &["r@x"]), b"3"),
+        queue_message(&spool, &envelope("4@x", &["r@x"]), b"4"),
+        drop_message(&spool, &envelope("5@x", &["r@x"]), b"5"),
+        child(),
+    ];
+    let report = spool.ingest_maildrop(1 << 20).unwrap();
+    assert_eq!((report.accepted, report.refused), (2, 0));
+    let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(listed, expected, "maildrop messages keep their place");
+    assert!(names(&root.join("maildrop")).is_empty());
+}
+
+#[test]
+fn an_unprivileged_user_can_drop_mail_but_not_queue_it() {
+    if !common::require_root() {
+        return;
+    }
+    let dir = TestDir::new("spool-nobody");
+    let spool = prepared(&dir);
+    let out = run_child("maildrop", spool.root(), Some(65534));
+    let id = QueueId(child_value(&out, "id"));
+    assert_eq!(child_value(&out, "queue"), "Some(PermissionDenied)");
+    let dropped = names(&spool.root().join("maildrop"));
+    assert_eq!(dropped.len(), 1);
+    assert!(dropped[0].starts_with(&format!("{id}.")), "{dropped:?}");
+    let path = spool.root().join("maildrop").join(&dropped[0]);
+    assert_eq!(mode(&path), 0o644);
+    assert_eq!(fs::metadata(&path).unwrap().uid(), 65534);
+
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 1);
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id, "the maildrop ID is kept");
+    assert_eq!(
+        list[0].envelope.origin,
+        Origin::Local {
+            uid: 65534,
+            user: "nobody".into()
+        }
+    );
+    let (_, body) = spool.read(&id, 100).unwrap();
+    assert_eq!(body, b"dropped\n");
+}
+
+/// A file outside the spool that a hostile maildrop entry points at, and proof that it was
+/// not touched.
+struct Target {
+    path: PathBuf,
+    content: Vec<u8>,
+    mtime: i64,
+    ino: u64,
+}
+
+impl Target {
+    fn new(path: PathBuf, content: &[u8]) -> Target {
+        fs::write(&path, content).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        Target {
+            path,
+            content: content.to_vec(),
+            mtime: meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            ino: meta.ino(),
+        }
+    }
+
+    fn assert_untouched(&self) {
+        let meta = fs::metadata(&self.path).unwrap();
+        assert_eq!(fs::read(&self.path).unwrap(), self.content);
+        assert_eq!(meta.mtime_nsec() + meta.mtime() * 1_000_000_000, self.mtime);
+        assert_eq!(meta.ino(), self.ino);
+        assert_eq!(meta.nlink(), 1);
+    }
+}
+
+/// A well-formed maildrop file's content, claiming to come from root.
+fn forged(body: &str) -> Vec<u8> {
+    format!(
+        "{MAGIC}\narrival 1700000000.000000\norigin local 0 root\nsender root\nrcpt owner@x\n\n{body}"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn maildrop_refuses_links_fifos_devices_directories_oversize_and_garbage() {
+    let dir = TestDir::new("spool-hostile");
+    let spool = prepared(&dir);
+    let maildrop = spool.root().join("maildrop");
+    let max_size = 1000;
+
+    // Valid-looking content everywhere, so that only the checks stand between it and the
+    // queue.
+    let symlink_target = Target::new(dir.join("secret"), &forged("the symlink target"));
+    std::os::unix::fs::symlink(&symlink_target.path, maildrop.join("A-symlink")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/x", maildrop.join("B-dangling")).unwrap();
+    let hardlink_target = Target::new(dir.join("linked"), &forged("the hard link target"));
+    fs::hard_link(&hardlink_target.path, maildrop.join("C-hardlink")).unwrap();
+    nix::unistd::mkfifo(
+        &maildrop.join("D-fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    fs::create_dir(maildrop.join("E-directory")).unwrap();
+    fs::write(maildrop.join("F-oversize"), forged(&"x".repeat(5000))).unwrap();
+    let sparse = fs::File::create(maildrop.join("G-huge")).unwrap();
+    sparse.set_len(max_size + MAX_HEADER_BYTES + 1).unwrap();
+    drop(sparse);
+    let garbage = b"\x00\x01 this is not a spool file\n\nat all".to_vec();
+    fs::write(maildrop.join("H-garbage"), &garbage).unwrap();
+    fs::write(
+        maildrop.join("I-truncated"),
+        b"smtp_bridge-spool 1\narrival 1",
+    )
+    .unwrap();
+    let mut expected_refused = 9;
+    if common::require_root() {
+        nix::sys::stat::mknod(
+            &maildrop.join("J-device"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        expected_refused += 1;
+    }
+    // And two real messages among them, one with a name full of control characters.
+    fs::write(maildrop.join("K-fine"), forged("fine")).unwrap();
+    fs::write(maildrop.join("L-evil\nname\x1b[2J"), forged("also fine")).unwrap();
+
+    let report = spool.ingest_maildrop(max_size).unwrap();
+    assert_eq!(report.accepted, 2);
+    assert_eq!(report.refused, expected_refused);
+
+    symlink_target.assert_untouched();
+    hardlink_target.assert_untouched();
+    assert!(names(&maildrop).is_empty(), "left: {:?}", names(&maildrop));
+
+    let list = spool.list().unwrap();
+    let bodies: Vec<Vec<u8>> = list
+        .iter()
+        .map(|e| spool.read(&e.id, 1000).unwrap().1)
+        .collect();
+    assert_eq!(bodies, vec![b"fine".to_vec(), b"also fine".to_vec()]);
+    // The claimed origin (uid 0, "root") is replaced by the file's owner.
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in &list {
+        match &entry.envelope.origin {
+            Origin::Local { uid, .. } => assert_eq!(*uid, me),
+            other => panic!("origin {other:?}"),
+        }
+        assert_eq!(
+            entry.envelope.arrival,
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+    }
+
+    // Unparsable regular files are kept in failed/ with a reason, never silently deleted.
+    let failed = spool.root().join("failed");
+    let kept = names(&failed);
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    let contents: Vec<Vec<u8>> = kept
+        .iter()
+        .filter(|n| !n.ends_with(".reason"))
+        .map(|n| fs::read(failed.join(n)).unwrap())
+        .collect();
+    assert!(contents.contains(&garbage));
+    let reasons: Vec<String> = kept
+        .iter()
+        .filter(|n| n.ends_with(".reason"))
+        .map(|n| fs::read_to_string(failed.join(n)).unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("H-garbage")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("I-truncated")),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn a_full_disk_leaves_no_partial_file_and_keeps_the_maildrop() {
+    let dir = TestDir::new("spool-full");
+    let spool = prepared(&dir);
+    // A message the child will fail to copy into queue/ (bigger than its file size limit).
+    let pending = drop_message(&spool, &envelope("s@x", &["r@x"]), &vec![b'm'; 100_000]);
+    let before = names(&spool.root().join("maildrop"));
+
+    let out = run_child("fsize", spool.root(), None);
+    let efbig = format!("Some({})", nix::errno::Errno::EFBIG as i32);
+    for key in ["queue", "edge", "maildrop", "ingest"] {
+        assert_eq!(child_value(&out, key), efbig, "{key}");
+    }
+    assert!(names(&spool.root().join("queue")).is_empty());
+    assert!(names(&spool.root().join("failed")).is_empty());
+    assert_eq!(
+        names(&spool.root().join("maildrop")),
+        before,
+        "the maildrop message is still there, and nothing else"
+    );
+    // With room again, it goes through.
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 1);
+    assert_eq!(spool.list().unwrap()[0].id, pending);
+}
+
+#[test]
+fn defer_remove_and_fail_keep_state_atomically() {
+    let dir = TestDir::new("spool-state");
+    let spool = prepared(&dir);
+    let queue = spool.root().join("queue");
+    let a = queue_message(&spool, &envelope("a@x", &["r@x"]), b"a");
+    let b = queue_message(&spool, &envelope("b@x", &["r1@x", "r2@x"]), b"b");
+    let next = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    spool.defer(&a, next, "connection refused").unwrap();
+    spool
+        .defer(&a, next + Duration::from_secs(20), "HTTP 503\r\nrcpt evil")
+        .unwrap();
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 2, "the sidecar is not a message");
+    assert_eq!(list[0].attempts, 2);
+    assert_eq!(list[0].next_attempt, next + Duration::from_secs(20));
+    assert_eq!(list[0].last_error.as_deref(), Some("HTTP 503\r\nrcpt evil"));
+    assert_eq!(list[1].attempts, 0);
+    assert!(
+        names(&queue).iter().all(|n| !n.starts_with('.')),
+        "no temp left"
+    );
+
+    let missing = QueueId("00000000000001000000000001".into());
+    assert_eq!(
+        spool.defer(&missing, next, "x").unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert!(!queue.join(format!("{missing}.retry")).exists());
+    for bad in ["../failed/x", "", "abc"] {
+        let bad = QueueId(bad.into());
+        assert_eq!(
+            spool.read(&bad, 1).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+        assert!(spool.remove(&bad).is_err());
+    }
+
+    spool
+        .fail(&b, "lifetime expired: connection refused")
+        .unwrap();
+    let failed = spool.root().join("failed");
+    assert!(fs::read(failed.join(&b.0)).unwrap().ends_with(
+        b"
+
+b"
+    ));
+    let reason = fs::read_to_string(failed.join(format!("{b}.reason"))).unwrap();
+    assert!(
+        reason.contains("lifetime expired: connection refused"),
+        "{reason}"
+    );
+    assert!(reason.contains("<r2@x>"), "{reason}");
+
+    spool.remove(&a).unwrap();
+    assert!(names(&queue).is_empty(), "{:?}", names(&queue));
+    assert!(spool.list().unwrap().is_empty());
+}
+
+#[test]
+fn runner_lock_is_exclusive_and_backlog_marker_is_public() {
+    let dir = TestDir::new("spool-lock");
+    let spool = prepared(&dir);
+    let first = spool.lock_runner(false).unwrap();
+    assert!(first.is_some());
+    assert!(spool.lock_runner(false).unwrap().is_none());
+    let other = spool.clone();
+    let waiter = std::thread::spawn(move || other.lock_runner(true).unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(50));
+    drop(first);
+    assert!(waiter.join().unwrap());
+
+    assert!(!spool.has_backlog());
+    spool.set_backlog(true).unwrap();
+    spool.set_backlog(true).unwrap();
+    assert!(spool.has_backlog());
+    assert_eq!(mode(&spool.root().join("backlog")), 0o644);
+    spool.set_backlog(false).unwrap();
+    spool.set_backlog(false).unwrap();
+    assert!(!spool.has_backlog());
+}
