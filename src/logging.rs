@@ -138,13 +138,7 @@ impl log::Log for MailLog {
         // invariant a half-finished send could break.
         let mut sink = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
         let sent = sink.send(record.level(), &line);
-        let to_stderr = match self.stderr {
-            Stderr::Always => true,
-            Stderr::Fallback => {
-                !sent && fallback_to_stderr(record.level(), self.stderr_is_terminal)
-            }
-            Stderr::Never => false,
-        };
+        let to_stderr = wants_stderr(self.stderr, sent, record.level(), self.stderr_is_terminal);
         if to_stderr {
             sink.write_stderr(&line);
         }
@@ -155,9 +149,14 @@ impl log::Log for MailLog {
     }
 }
 
-/// Whether a line that did not reach syslog is written to stderr instead.
-fn fallback_to_stderr(level: log::Level, stderr_is_terminal: bool) -> bool {
-    level <= log::Level::Warn || stderr_is_terminal
+/// Whether a line goes to stderr, given the mode, whether syslog took it, its level, and
+/// whether stderr is a terminal.
+fn wants_stderr(mode: Stderr, sent: bool, level: log::Level, stderr_is_terminal: bool) -> bool {
+    match mode {
+        Stderr::Always => true,
+        Stderr::Fallback => !sent && (level <= log::Level::Warn || stderr_is_terminal),
+        Stderr::Never => false,
+    }
 }
 
 /// The text of one line: the Postfix-style severity prefix, then the message made safe.
@@ -370,17 +369,29 @@ mod tests {
     }
 
     #[test]
-    fn stderr_fallback_rule() {
+    fn stderr_rules() {
+        use log::Level::{Debug, Error, Info, Warn};
+        use Stderr::{Always, Fallback, Never};
+        // (mode, reached syslog, level, stderr is a terminal, written to stderr)
         let table = [
-            (log::Level::Error, false, true),
-            (log::Level::Warn, false, true),
-            (log::Level::Info, false, false),
-            (log::Level::Debug, false, false),
-            (log::Level::Info, true, true),
-            (log::Level::Debug, true, true),
+            (Always, true, Info, false, true),
+            (Always, false, Debug, false, true),
+            (Fallback, true, Error, true, false),
+            (Fallback, false, Error, false, true),
+            (Fallback, false, Warn, false, true),
+            (Fallback, false, Info, false, false),
+            (Fallback, false, Debug, false, false),
+            (Fallback, false, Info, true, true),
+            (Fallback, false, Debug, true, true),
+            (Never, false, Error, true, false),
+            (Never, false, Error, false, false),
         ];
-        for (level, tty, want) in table {
-            assert_eq!(fallback_to_stderr(level, tty), want, "{level} tty={tty}");
+        for (mode, sent, level, tty, want) in table {
+            assert_eq!(
+                wants_stderr(mode, sent, level, tty),
+                want,
+                "{mode:?} sent={sent} {level} tty={tty}"
+            );
         }
     }
 
