@@ -338,3 +338,20 @@ fn an_old_message_is_still_delivered_when_the_bridge_takes_it() {
     assert_eq!(run_once(&config, false).unwrap().delivered, 1);
     assert_eq!(delivered(&bridge), vec![1]);
 }
+
+#[test]
+fn delivery_thread_picks_up_the_maildrop_without_a_nudge() {
+    let (_dir, bridge, config, spool) = setup("deliver-poll");
+    let thread = DeliveryThread::spawn_polling(config, Duration::from_millis(200)).unwrap();
+    // Let the first pass find an empty spool, then drop mail as `sendmail` would.
+    assert!(common::wait_until(Duration::from_secs(20), || spool
+        .root()
+        .join("queue.lock")
+        .exists()));
+    let mut w = spool.create_maildrop(&envelope(SystemTime::now())).unwrap();
+    w.write_all(&message(1)).unwrap();
+    w.commit().unwrap();
+    bridge.wait_for(1, Duration::from_secs(20));
+    assert_eq!(delivered(&bridge), vec![1]);
+    thread.shutdown(Duration::from_secs(10));
+}
