@@ -5,6 +5,9 @@
 //! nothing consumed while waiting, bounded internal buffer, data handed out as slices of the
 //! input) and commits each message. Every script is run whole, split at every byte offset,
 //! byte at a time and at random offsets, and must give identical output and data each time.
+//! Random input (a xorshift PRNG, bounded) must never break any of this. Real clients —
+//! lettre, Python's smtplib, curl — then talk to the engine over loopback through
+//! `stdio::serve` (a `TcpStream` is a `Read` and a `Write`).
 
 use std::io::Cursor;
 
@@ -244,12 +247,12 @@ const SCRIPTS: &[Script] = &[
         input: b"\r\n\x00\x01garbage\r\nFROB x\r\nVRFY root\r\nEXPN staff\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\
                  HELP\r\nRCPT TO:<a@b>\r\nDATA\r\nHELO\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b> FOO=1\r\n\
                  MAIL FROM:<a@b> BODY=9BIT\r\nMAIL FROM:<a@b> SIZE=101\r\nMAIL FROM:<a@b> SIZE=100\r\n\
-                 MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
+                 MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
                  RCPT TO:<d@b>\r\nDATA x\r\nRSET x\r\nQUIT x\r\nRSET\r\nQUIT\r\nNOOP\r\n",
         replies: &["220", "500 5.5.2", "500 5.5.2", "502 5.5.1", "252 2.5.0", "502 5.5.1",
                    "502 5.5.1", "502 5.5.1", "214", "503 5.5.1", "503 5.5.1", "501 5.5.4",
                    "501 5.1.7", "555 5.5.4", "501 5.5.4", "552 5.3.4", "250 2.1.0", "503 5.5.1",
-                   "503 5.5.1", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
+                   "250 mx.test", "503 5.5.1", "250 2.1.0", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
                    "501 5.5.4", "501 5.5.4", "501 5.5.4", "250 2.0.0", "221 2.0.0"],
         messages: &[],
         closed: true,
@@ -334,15 +337,18 @@ const SCRIPTS: &[Script] = &[
         closed: false,
     },
     Script {
-        name: "RSET, BDAT error and QUIT between chunks abort the message",
+        name: "RSET, BDAT error, EHLO and QUIT between chunks abort the message",
         input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nabRSET\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n\
-                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nRCPT TO:<x@y>\r\nDATA\r\n\
+                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nghMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
         replies: &["220", "250", "250", "250 2.0.0 Ok: 2 octets", "250 2.0.0",
                    "250", "250", "250 2.0.0 Ok: 2 octets", "501 5.5.4", "503 5.5.1",
+                   "250", "250", "250 2.0.0 Ok: 2 octets", "250 CHUNKING", "503 5.5.1", "503 5.5.1",
                    "250", "250", "250 2.0.0 Ok: 2 octets", "503 5.5.1", "503 5.5.1", "503 5.5.1",
-                   "503 5.5.1", "221"],
-        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted)],
+                   "221"],
+        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted),
+                    (b"", Outcome::Aborted)],
         closed: true,
     },
     Script {
@@ -957,3 +963,178 @@ fn stdio_handles_failures_oversize_and_eof() {
         ]
     );
 }
+
+/// The canned replies of the host match DESIGN.md's table.
+#[test]
+fn host_replies_match_the_design_table() {
+    use smtp_bridge::smtp::replies;
+    let table = [
+        (replies::NOT_ALLOWED, "554 5.7.1 "),
+        (replies::TOO_MANY_CONNECTIONS, "421 4.3.2 "),
+        (replies::SHUTTING_DOWN, "421 4.3.2 "),
+        (replies::IDLE_TIMEOUT, "421 4.4.2 "),
+        (replies::SESSION_TIMEOUT, "421 4.4.2 "),
+    ];
+    for (reply, code) in table {
+        assert!(reply.starts_with(code), "{reply:?}");
+        assert_eq!(replies_of(reply).len(), 1, "{reply:?}");
+    }
+}
+
+fn replies_of(text: &str) -> Vec<String> {
+    replies(text.as_bytes())
+}
+
+/// One message as `stdio::serve` submitted it.
+type Submitted = (Transaction, Vec<u8>);
+
+/// Serves one SMTP session on a loopback socket with `stdio::serve` (a `TcpStream` is a
+/// `Read` and a `Write`), so that real clients can talk to the engine. Returns the port and
+/// a handle yielding what was submitted.
+fn serve_one_connection() -> (u16, std::thread::JoinHandle<Vec<Submitted>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut reader = stream.try_clone().expect("clone stream");
+        let mut writer = stream;
+        let mut submitted = Vec::new();
+        let mut config = config();
+        config.max_message_size = 10_000_000;
+        stdio::serve(config, &mut reader, &mut writer, |tx, bytes| {
+            submitted.push((tx, bytes));
+            Ok(format!("T{}", submitted.len()))
+        })
+        .expect("serve");
+        submitted
+    });
+    (port, handle)
+}
+
+#[test]
+fn lettre_client() {
+    use lettre::{Message as Mail, SmtpTransport, Transport};
+    let (port, server) = serve_one_connection();
+    let mailer = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+            "lettre.test".to_string(),
+        ))
+        .build();
+    let body = "first\n.dot line\nbl\u{e5}b\u{e6}r\n".to_string();
+    let mail = Mail::builder()
+        .from("app@example.test".parse().expect("from"))
+        .to("owner@example.test".parse().expect("to"))
+        .bcc("hidden@example.test".parse().expect("bcc"))
+        .subject("lettre says hello")
+        .body(body)
+        .expect("build mail");
+    let response = mailer.send(&mail).expect("lettre send");
+    assert!(response.is_positive());
+    assert_eq!(
+        response.message().collect::<Vec<_>>(),
+        ["2.0.0 Ok: queued as T1"]
+    );
+    drop(mailer);
+    let submitted = server.join().expect("server thread");
+    assert_eq!(submitted.len(), 1);
+    let (tx, bytes) = &submitted[0];
+    assert_eq!(tx.helo, "lettre.test");
+    assert_eq!(tx.sender, "app@example.test");
+    assert_eq!(tx.recipients, ["owner@example.test", "hidden@example.test"]);
+    let text = String::from_utf8_lossy(bytes);
+    assert!(text.contains("Subject: lettre says hello\r\n"), "{text}");
+    assert!(!text.contains("\r\n..dot"), "still stuffed: {text}");
+    assert!(bytes.ends_with(b"\r\n"), "{text}");
+}
+
+#[test]
+fn python_smtplib_client() {
+    if !common::require_tool("python3") {
+        return;
+    }
+    let (port, server) = serve_one_connection();
+    let script = format!(
+        r#"
+import smtplib
+s = smtplib.SMTP("127.0.0.1", {port}, local_hostname="py.test")
+code, text = s.ehlo()
+assert code == 250 and b"CHUNKING" in text, (code, text)
+s.sendmail("a@example.test", ["c@example.test", "root"], b"Subject: py\r\n\r\n.dot\r\nplain\r\n")
+s.sendmail("", ["c@example.test"], "Subject: utf8\r\n\r\nj\u00f6rg\r\n".encode(),
+           mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+code, text = s.verify("root")
+assert code == 252, (code, text)
+try:
+    s.sendmail("a@example.test", ["c@example.test"], b"x" * 20000000)
+    raise SystemExit("oversized message accepted")
+except smtplib.SMTPSenderRefused as e:
+    assert e.smtp_code == 552, e
+s.quit()
+"#
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "smtplib script failed");
+    let submitted = server.join().expect("server thread");
+    assert_eq!(submitted.len(), 2);
+    assert_eq!(submitted[0].0.recipients, ["c@example.test", "root"]);
+    assert_eq!(submitted[0].1, b"Subject: py\r\n\r\n.dot\r\nplain\r\n");
+    assert_eq!(submitted[1].0.sender, "");
+    assert_eq!(
+        submitted[1].1,
+        "Subject: utf8\r\n\r\nj\u{f6}rg\r\n".as_bytes()
+    );
+}
+
+#[test]
+fn curl_client() {
+    if !common::require_tool("curl") {
+        return;
+    }
+    let dir = common::TestDir::new("engine-curl");
+    let file = dir.join("mail.txt");
+    // CRLF: curl sends the file as it is and stuffs dots only after CRLF. (An LF-only file
+    // with a lone-dot line would end the message there, with us as with Postfix, which
+    // accepts a bare-LF `.` line from local clients.)
+    std::fs::write(
+        &file,
+        "Subject: curl\r\n\r\nline one\r\n.\r\nafter a lone dot\r\n",
+    )
+    .expect("write");
+    let (port, server) = serve_one_connection();
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            &format!("smtp://127.0.0.1:{port}/curl.test"),
+        ])
+        .args([
+            "--mail-from",
+            "a@example.test",
+            "--mail-rcpt",
+            "c@example.test",
+        ])
+        .arg("--upload-file")
+        .arg(&file)
+        .output()
+        .expect("run curl");
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let submitted = server.join().expect("server thread");
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(submitted[0].0.helo, "curl.test");
+    // curl stuffed the lone dot; it comes back unstuffed.
+    assert_eq!(
+        submitted[0].1,
+        b"Subject: curl\r\n\r\nline one\r\n.\r\nafter a lone dot\r\n"
+    );
+}
+
+mod common;

@@ -29,7 +29,7 @@
 //! ends (also `LF.LF` ends DATA), 8-bit data without `BODY=8BITMIME`, unqualified addresses
 //! (`root`), `MAIL FROM: <x>`. Addresses must be valid UTF-8 (see `parser`).
 //!
-//! Structure: one [`State`] enum whose variants hold only what is valid in them (there is no
+//! Structure: one `State` enum whose variants hold only what is valid in them (there is no
 //! way to hold recipients without a sender); every command is checked first (sequence,
 //! limits), then acted on; every change of variant goes through `Session::enter`, which traces
 //! it at debug level; every reply is a named constant in `reply`.
@@ -82,9 +82,10 @@ pub enum Event<'a> {
     Data(&'a [u8]),
     /// The message is complete: commit it, then call [`Session::committed`].
     MessageEnd,
-    /// Discard the open spool file; no [`Event::MessageEnd`] follows for this message. The
-    /// reply has been written, except for an oversized message: its `552 5.3.4` comes once
-    /// the rest of its data has been read (and dropped).
+    /// Discard the open spool file; no [`Event::MessageEnd`] follows for this message. Causes:
+    /// the message grew past `max_message_size`; RSET, HELO/EHLO, QUIT or a malformed BDAT
+    /// between BDAT chunks. The reply has been written, except for an oversized message: its
+    /// `552 5.3.4` comes once the rest of its data has been read (and dropped).
     MessageAbort,
     /// Waiting for [`Session::committed`]; no input is consumed meanwhile.
     Waiting,
@@ -323,7 +324,7 @@ impl Session {
                     } else if rest.is_empty() {
                         (0, Progress::Emit(Event::NeedInput))
                     } else {
-                        let used = clamp(chunk.remaining, rest.len());
+                        let used = chunk_len(chunk.remaining, rest.len());
                         chunk.remaining -= used as u64;
                         (used, chunk.intake.take(&rest[..used], max))
                     }
@@ -334,7 +335,7 @@ impl Session {
                     } else if rest.is_empty() {
                         (0, Progress::Emit(Event::NeedInput))
                     } else {
-                        let used = clamp(*remaining, rest.len());
+                        let used = chunk_len(*remaining, rest.len());
                         *remaining -= used as u64;
                         (used, Progress::Continue)
                     }
@@ -533,11 +534,12 @@ impl Session {
         None
     }
 
-    /// HELO / EHLO.
+    /// HELO / EHLO: like RSET, it ends any transaction (RFC 5321 §4.1.4; Postfix does the
+    /// same), including a chunked message already started.
     fn hello(&mut self, name: String, extended: bool, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        // Postfix refuses a new greeting inside a transaction rather than resetting it.
+        let aborting = matches!(self.state, State::Chunked { .. });
         if !matches!(self.state, State::Idle) {
-            return answer(out, reply::TRANSACTION_IN_PROGRESS);
+            self.enter(State::Idle, if extended { "EHLO" } else { "HELO" });
         }
         self.helo = name;
         let mut text = String::new();
@@ -553,7 +555,7 @@ impl Session {
             let _ = write!(text, "250 {}\r\n", self.hostname);
         }
         out.extend_from_slice(text.as_bytes());
-        None
+        aborting.then_some(Event::MessageAbort)
     }
 
     /// MAIL FROM.
@@ -711,6 +713,6 @@ fn answer(out: &mut Vec<u8>, text: &str) -> Option<Event<'static>> {
 }
 
 /// `min(remaining, available)` without truncating a 64-bit count on a 32-bit host.
-fn clamp(remaining: u64, available: usize) -> usize {
+fn chunk_len(remaining: u64, available: usize) -> usize {
     usize::try_from(remaining).map_or(available, |remaining| remaining.min(available))
 }

@@ -73,9 +73,6 @@ pub(crate) const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
 pub(crate) const NEED_RECIPIENT: &str = "503 5.5.1 Error: need RCPT command\r\n";
 /// MAIL inside a transaction.
 pub(crate) const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
-/// HELO/EHLO inside a transaction (Postfix refuses rather than resets).
-pub(crate) const TRANSACTION_IN_PROGRESS: &str =
-    "503 5.5.1 Error: MAIL transaction in progress\r\n";
 /// RCPT or DATA after the first BDAT chunk of a message.
 pub(crate) const BDAT_IN_PROGRESS: &str = "503 5.5.1 Error: BDAT transaction in progress\r\n";
 /// DATA for a message declared `BODY=BINARYMIME` (RFC 3030 §3).
@@ -126,7 +123,6 @@ mod tests {
             NEED_MAIL,
             NEED_RECIPIENT,
             NESTED_MAIL,
-            TRANSACTION_IN_PROGRESS,
             BDAT_IN_PROGRESS,
             BINARYMIME_NEEDS_BDAT,
             TOO_BIG,
