@@ -874,6 +874,23 @@ fn modes_and_exit_codes() {
 }
 
 #[test]
+fn full_name_names_a_sender_without_from() {
+    let w = World::new("fullname");
+    w.call(&["-FJane Roe", "-f", "jane@x", "-i", "a@x"])
+        .stdin(b"Subject: no from header\n\nx\n")
+        .run()
+        .assert_silent_success();
+    // A From: of its own wins over -F.
+    w.call(&["-FCronDaemon", "-i", "a@x"])
+        .stdin(b"From: root (Cron Daemon)\nSubject: has from\n\nx\n")
+        .run()
+        .assert_silent_success();
+    let got = wait_digests(&w, 2);
+    assert!(got[0].contains("Jane Roe <jane@x>"), "{}", got[0]);
+    assert!(!got[1].contains("CronDaemon"), "{}", got[1]);
+}
+
+#[test]
 fn unknown_options_are_accepted() {
     let w = World::new("unknown");
     w.call(&[
@@ -907,7 +924,10 @@ fn no_recipients_and_empty_input() {
         .assert_silent_success();
     // Empty input with a recipient: an empty message is still a message.
     w.call(&["a@x"]).stdin(b"").run().assert_silent_success();
-    wait_digests(&w, 3);
+    let got = wait_digests(&w, 3);
+    assert!(got[0].contains("no recipients"), "{}", got[0]);
+    assert!(got[1].contains("no recipients"), "{}", got[1]);
+    assert!(got[2].contains("a@x"), "{}", got[2]);
 
     let strict = World::with("strict", "strict_recipients = true");
     let out = strict.call(&["-t"]).stdin(b"Subject: s\n\nx\n").run();
