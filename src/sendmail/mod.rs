@@ -5,7 +5,7 @@
 //!
 //! - [`args`]: the command line (`../shared/sendmail-compat.md` §1).
 //! - [`intake`]: the stdin rules and `-t` (§2).
-//! - [`submit`]: bridge first, else the spool; never lose an acknowledged message (§3).
+//! - [`mod@submit`]: bridge first, else the spool; never lose an acknowledged message (§3).
 //! - `mailq`, `sendmail -q`, `newaliases`, `-bv` and `-bs` are here (§5).
 //!
 //! Started by root (cron, atd, sudo), the shim does its spool work as the spool directory's
