@@ -59,7 +59,7 @@ impl World {
             args: args.iter().map(|a| a.to_string()).collect(),
             input: Vec::new(),
             arg0: None,
-            as_nobody: false,
+            as_uid: None,
             minimal_env: false,
             shell: false,
             keep_stdin_open: false,
@@ -101,7 +101,7 @@ struct Call<'a> {
     args: Vec<String>,
     input: Vec<u8>,
     arg0: Option<String>,
-    as_nobody: bool,
+    as_uid: Option<u32>,
     minimal_env: bool,
     shell: bool,
     keep_stdin_open: bool,
@@ -140,8 +140,12 @@ impl<'a> Call<'a> {
         self.arg0 = Some(name.to_owned());
         self
     }
-    fn by_nobody(mut self) -> Self {
-        self.as_nobody = true;
+    fn by_nobody(self) -> Self {
+        self.by_uid(NOBODY)
+    }
+    /// Runs as `uid` (with nobody's group) when the tests run as root.
+    fn by_uid(mut self, uid: u32) -> Self {
+        self.as_uid = Some(uid);
         self
     }
     fn minimal_env(mut self) -> Self {
@@ -182,13 +186,13 @@ impl<'a> Call<'a> {
             cmd.env_clear().env("PATH", "/usr/bin:/bin");
         }
         cmd.env("SMTP_BRIDGE_CONFIG", &self.world.config);
-        if self.as_nobody && is_root() {
+        if let (Some(uid), true) = (self.as_uid, is_root()) {
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     let gid = nix::unistd::Gid::from_raw(NOBODY);
                     nix::unistd::setgroups(&[gid])?;
                     nix::unistd::setgid(gid)?;
-                    nix::unistd::setuid(nix::unistd::Uid::from_raw(NOBODY))?;
+                    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
                     Ok(())
                 });
             }
@@ -686,6 +690,40 @@ fn an_ordinary_user_submits_and_spools() {
     assert_eq!(run.stdout, "delivered 1, deferred 0, failed 0\n", "{run:?}");
     let got = wait_digests(&w, 2);
     assert!(got[1].contains("spooled"), "{}", got[1]);
+}
+
+#[test]
+fn a_uid_without_a_passwd_entry() {
+    if !is_root() && !common::require_root() {
+        return;
+    }
+    const STRANGER: u32 = 54321;
+    assert!(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(STRANGER))
+            .unwrap()
+            .is_none()
+    );
+    let w = World::new("stranger");
+    Spool::new(w.spool())
+        .prepare(Some((NOBODY, NOBODY)))
+        .unwrap();
+    w.bridge.set_behaviour(Behaviour::Down);
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: s\n\nx\n")
+        .by_uid(STRANGER)
+        .minimal_env()
+        .run()
+        .assert_silent_success();
+    let q = w.queued();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].envelope.sender, "uid54321@testhost");
+    assert_eq!(
+        q[0].envelope.origin,
+        smtp_bridge::envelope::Origin::Local {
+            uid: STRANGER,
+            user: "uid54321".into()
+        }
+    );
 }
 
 #[test]
