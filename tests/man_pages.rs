@@ -157,8 +157,8 @@ fn config_page_documents_every_key_with_its_real_default() {
             .split_once(", ")
             .unwrap_or_else(|| panic!("entry without a default: {line}"));
         // The host name is the machine's, so the page says so in words.
-        let host_dependent =
-            value.trim_matches('"') == defaults.hostname || value.trim_matches('"') == defaults.name;
+        let host_dependent = value.trim_matches('"') == defaults.hostname
+            || value.trim_matches('"') == defaults.name;
         if host_dependent {
             assert_eq!(shown, "the host name", "{key}");
         } else {
@@ -212,7 +212,13 @@ fn daemon_page_documents_every_option_of_help() {
         .collect();
     options.sort();
     options.dedup();
-    for must in ["--config", "--loglevel", "--check-config", "--version", "--help"] {
+    for must in [
+        "--config",
+        "--loglevel",
+        "--check-config",
+        "--version",
+        "--help",
+    ] {
         assert!(
             options.iter().any(|o| o == must),
             "{must} missing from --help:\n{help}"
@@ -238,8 +244,5 @@ fn item_options_reads_mdoc_tags() {
         ".It Fl e Ns Ar x",
         ".It Pa maildrop/",
     ];
-    assert_eq!(
-        item_options(&lines),
-        ["-i", "-oi", "--config", "--", "-e"]
-    );
+    assert_eq!(item_options(&lines), ["-i", "-oi", "--config", "--", "-e"]);
 }
