@@ -26,6 +26,11 @@ SAVED_SUFFIX=.smtp_bridge-saved
 SENDMAIL_PATHS="/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq /usr/bin/newaliases"
 
 SRC_DIR=$(cd "$(dirname "$0")" && pwd)
+# Generated files (compressed pages, units with our paths) are made here, not in the tree.
+TMP_DIR=
+cleanup() { [ -z "$TMP_DIR" ] || rm -rf "$TMP_DIR"; }
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 usage() {
 	cat <<EOF
@@ -231,6 +236,11 @@ build() {
 	if [ -n "$BINARIES" ]; then
 		BIN_SRC=$(cd "$BINARIES" && pwd)
 	else
+		if ! command -v "${CARGO:-cargo}" >/dev/null 2>&1; then
+			die "cargo not found (root's PATH often lacks it): build as yourself with
+  cargo build --release --locked
+then run: sudo ./$PROG --binaries target/release [options]"
+		fi
 		say "building: ${CARGO:-cargo} build --release --locked"
 		(cd "$SRC_DIR" && ${CARGO:-cargo} build --release --locked)
 		BIN_SRC=${CARGO_TARGET_DIR:-$SRC_DIR/target}/release
@@ -252,9 +262,8 @@ install_files() {
 		section=${page##*.}
 		dst=$MAN_DIR/man$section/$page
 		if [ "$GZIP_MAN" = 1 ]; then
-			gzip -9nc "$SRC_DIR/man/$page" >"$SRC_DIR/man/.$page.gz.$$"
-			put_file "$SRC_DIR/man/.$page.gz.$$" "$dst.gz" 0644
-			rm -f "$SRC_DIR/man/.$page.gz.$$"
+			gzip -9nc "$SRC_DIR/man/$page" >"$TMP_DIR/$page.gz"
+			put_file "$TMP_DIR/$page.gz" "$dst.gz" 0644
 		else
 			put_file "$SRC_DIR/man/$page" "$dst" 0644
 		fi
@@ -315,9 +324,8 @@ install_units() {
 			-e "s|^Group=.*|Group=$GROUP_NAME|" \
 			-e "s|^ReadWritePaths=.*|ReadWritePaths=$SPOOL|" \
 			-e "s|--config /etc/smtp_bridge.conf|--config $CONF|" \
-			"$SRC_DIR/packaging/$unit" >"$SRC_DIR/packaging/.$unit.$$"
-		put_file "$SRC_DIR/packaging/.$unit.$$" "$UNIT_DIR/$unit" 0644
-		rm -f "$SRC_DIR/packaging/.$unit.$$"
+			"$SRC_DIR/packaging/$unit" >"$TMP_DIR/$unit"
+		put_file "$TMP_DIR/$unit" "$UNIT_DIR/$unit" 0644
 		record unit "$UNIT_DIR/$unit"
 	done
 }
@@ -392,6 +400,10 @@ start_daemon() {
 	if systemd_running; then
 		systemctl daemon-reload
 		[ "$START" = 1 ] || return 0
+		# enable may create the .wants directories: record them so --uninstall removes them.
+		for wants in sockets.target.wants multi-user.target.wants; do
+			[ -d "$UNIT_DIR/$wants" ] || record dir "$UNIT_DIR/$wants"
+		done
 		systemctl enable smtp_bridge.socket smtp_bridge.service
 		systemctl restart smtp_bridge.socket smtp_bridge.service
 		say "started smtp_bridge.socket and smtp_bridge.service (systemctl status smtp_bridge)"
@@ -413,6 +425,7 @@ start_daemon() {
 
 do_install() {
 	build
+	TMP_DIR=$(mktemp -d)
 	make_dir "$STATE_DIR" 0755
 	if staged; then
 		: >"$DESTDIR$STATE_DIR/pending-actions"
@@ -491,8 +504,12 @@ do_uninstall() {
 	done
 	for spool in $(entries spool); do
 		[ -d "$DESTDIR$spool" ] || continue
+		case $spool in
+		/?*) ;;
+		*) continue ;; # never "/" or a relative path
+		esac
 		if spool_is_empty "$spool"; then
-			rm -rf "${DESTDIR:?}$spool"
+			rm -rf "$DESTDIR$spool"
 		else
 			say "keeping $DESTDIR$spool: it still holds messages (see mailq)"
 		fi
@@ -506,6 +523,9 @@ do_uninstall() {
 	say "uninstalled from ${DESTDIR:-/}"
 }
 
+if ! staged && [ "$(id -u)" != 0 ]; then
+	die "installing into the system needs root (or set DESTDIR to stage the files)"
+fi
 if [ "$MODE" = uninstall ]; then
 	do_uninstall
 else

@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     match smtp_bridge::sendmail::run(&argv, &mut stdin.lock(), &mut stdout.lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // A message that could not be queued was logged with its envelope already.
+            if !matches!(e, smtp_bridge::sendmail::SendmailError::Submit(_)) {
+                log::error!("{e}");
+            }
             eprintln!("sendmail: {e}");
             ExitCode::from(e.exit_code())
         }

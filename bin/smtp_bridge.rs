@@ -24,19 +24,20 @@ smtp_bridge - local SMTP daemon that forwards a digest of every message to the X
 Usage: smtp_bridge [OPTIONS]
 
 Options:
-  -c, --config PATH     read the configuration from PATH (default /etc/smtp_bridge.conf;
-                        without this option a missing default file means built-in defaults)
-  -l, --loglevel LEVEL  override the configured log level: error, warning, info or debug
-  -t, --check-config    validate the configuration, print the effective settings as TOML
-                        and exit (0 when valid, 78 when not)
-  -f, --foreground      also write log lines to standard error (the daemon never forks;
-                        this is for running it by hand)
-  -V, --version         print the version and exit
-  -h, --help            print this help and exit
+  --config PATH     read the configuration from PATH (default /etc/smtp_bridge.conf;
+                    without this option a missing default file means built-in defaults)
+  --loglevel LEVEL  override the configured log level: error, warning, info or debug;
+                    debug also copies every log line to standard error (running by hand)
+  --check-config    validate the configuration, print the effective settings as TOML
+                    and exit (0 when valid, 78 when not)
+  --version         print the version and exit
+  --help            print this help and exit
+
+The daemon never forks: run it under systemd or another supervisor.
 
 Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration.
-Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen or start a thread,
-73 cannot prepare the spool, 77 cannot drop privileges, 78 configuration error.
+Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen, prepare the spool or
+start a thread, 77 cannot drop privileges, 78 configuration error.
 ";
 
 /// Set once logging copies lines to stderr, so a fatal error is not printed twice.
@@ -48,7 +49,6 @@ struct Args {
     config: Option<PathBuf>,
     loglevel: Option<LogLevel>,
     check_config: bool,
-    foreground: bool,
     version: bool,
     help: bool,
 }
@@ -78,8 +78,9 @@ impl Failure {
         match self {
             Failure::Usage(_) => sysexits::EX_USAGE,
             Failure::Config(_) => sysexits::EX_CONFIG,
-            Failure::Listen(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
-            Failure::Spool(_) => sysexits::EX_CANTCREAT,
+            // The spool directories are created with mkdir/chown/chmod: a system call needed
+            // to start, as smtp_bridge(8) groups them under 71.
+            Failure::Listen(_) | Failure::Spool(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
             Failure::Privileges(_) => sysexits::EX_NOPERM,
             Failure::Server(_) => sysexits::EX_SOFTWARE,
         }
@@ -168,17 +169,15 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, Failure> {
     let usage = |e: pico_args::Error| Failure::Usage(e.to_string());
     let mut p = pico_args::Arguments::from_vec(raw);
     let args = Args {
-        help: p.contains(["-h", "--help"]),
-        version: p.contains(["-V", "--version"]),
-        check_config: p.contains(["-t", "--check-config"]),
-        foreground: p.contains(["-f", "--foreground"]),
+        help: p.contains("--help"),
+        version: p.contains("--version"),
+        check_config: p.contains("--check-config"),
+        // As a string (PathBuf: FromStr), because only string values honour `--config=PATH`.
         config: p
-            .opt_value_from_os_str(["-c", "--config"], |s| {
-                Ok::<_, std::convert::Infallible>(PathBuf::from(s))
-            })
+            .opt_value_from_str::<_, PathBuf>("--config")
             .map_err(usage)?,
         loglevel: p
-            .opt_value_from_fn(["-l", "--loglevel"], parse_level)
+            .opt_value_from_fn("--loglevel", parse_level)
             .map_err(usage)?,
     };
     let rest = p.finish();
@@ -213,10 +212,12 @@ fn load_config(args: &Args) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// Step 2: syslog (facility mail), opened while still root.
+/// Step 2: syslog (facility mail), opened while still root. `--loglevel debug` on the
+/// command line is someone running the daemon by hand: every line goes to stderr too.
 fn init_logging(config: &Config, args: &Args) {
-    logging::init("smtp_bridge", config.loglevel, args.foreground);
-    LOGS_TO_STDERR.store(args.foreground, Ordering::Relaxed);
+    let stderr_too = args.loglevel == Some(LogLevel::Debug);
+    logging::init("smtp_bridge", config.loglevel, stderr_too);
+    LOGS_TO_STDERR.store(stderr_too, Ordering::Relaxed);
 }
 
 /// Step 3: the sockets systemd passed us, or bind every `listen` address (as root for
@@ -285,11 +286,18 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let a = args(&["--config", "/x.conf", "--loglevel", "DEBUG", "-t", "-f"]).unwrap();
+        let a = args(&[
+            "--config",
+            "/x.conf",
+            "--loglevel",
+            "DEBUG",
+            "--check-config",
+        ])
+        .unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/x.conf")));
         assert_eq!(a.loglevel, Some(LogLevel::Debug));
-        assert!(a.check_config && a.foreground && !a.help && !a.version);
-        let a = args(&["--config=/y.conf", "-l", "warning"]).unwrap();
+        assert!(a.check_config && !a.help && !a.version);
+        let a = args(&["--config=/y.conf", "--loglevel", "warning"]).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/y.conf")));
         assert_eq!(a.loglevel, Some(LogLevel::Warning));
     }
@@ -301,6 +309,7 @@ mod tests {
             &["--loglevel", "loud"],
             &["--config"],
             &["extra"],
+            &["-c", "x.conf"],
         ] {
             let e = args(bad).unwrap_err();
             assert_eq!(e.exit_code(), sysexits::EX_USAGE, "{bad:?}");
@@ -313,7 +322,6 @@ mod tests {
             "--config",
             "--loglevel",
             "--check-config",
-            "--foreground",
             "--version",
             "--help",
         ] {

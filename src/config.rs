@@ -15,6 +15,7 @@
 //! file can never start that way, since `DEFAULT` is not one of its keys.
 
 use std::fmt;
+use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub const ENV_VAR: &str = "SMTP_BRIDGE_CONFIG";
 /// The longest duration any key accepts (ten years, in seconds). Larger values are surely a
 /// typo, and other modules add these durations to the clock, which must not overflow.
 pub const MAX_DURATION_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// The largest configuration file read, in bytes; a real one is a few hundred.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
 
 /// Every key of the TOML form, in the order `to_toml` prints them. Tests check that the
 /// example file and the manual page mention each one.
@@ -928,7 +932,20 @@ impl Config {
         };
         let meta = std::fs::metadata(path).map_err(io_err)?;
         check_ownership(path, meta.uid(), meta.mode())?;
-        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        let mut text = String::new();
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // One byte more than the limit tells a file at the limit from one beyond it, even
+        // when the file grew after the metadata was read.
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_string(&mut text)
+            .map_err(io_err)?;
+        if text.len() as u64 > MAX_FILE_SIZE {
+            return Err(ConfigError::Invalid {
+                path: Some(path.to_owned()),
+                line: None,
+                message: format!("the file is larger than {MAX_FILE_SIZE} bytes"),
+            });
+        }
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Invalid { line, message, .. } => ConfigError::Invalid {
                 path: Some(path.to_owned()),

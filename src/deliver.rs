@@ -42,6 +42,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// How long the delivery thread waits before trying again after a pass that failed on the
 /// spool itself (a disk error, not the bridge).
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
+/// How often the delivery thread looks at an idle spool: `sendmail` run by an ordinary user
+/// leaves mail in the maildrop and has no way to wake the daemon, so this bounds how long
+/// such mail waits before its first attempt.
+pub const MAILDROP_POLL: Duration = Duration::from_secs(30);
 /// How long the delivery thread waits when another runner (`sendmail -q`) holds the lock.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
@@ -77,7 +81,7 @@ pub fn backoff(attempts: u32) -> Duration {
 /// Ingests the maildrop first. Takes the runner lock; returns an empty report when another
 /// process holds it.
 pub fn run_once(config: &Config, force: bool) -> io::Result<RunReport> {
-    run_pass(config, force, &AtomicBool::new(false)).map(|pass| pass.report)
+    run_pass(config, force, &AtomicBool::new(false), false).map(|pass| pass.report)
 }
 
 /// A pass as the delivery thread sees it: the report, plus what it needs to log state
@@ -89,10 +93,14 @@ struct Pass {
     locked_out: bool,
     /// Why the last attempt of this pass failed, if one did.
     last_error: Option<String>,
+    /// Whether that failure was a permanent answer (a 4xx: the configuration looks wrong).
+    last_permanent: bool,
 }
 
-/// One pass; stops early (after the request in flight) when `stop` is set.
-fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass> {
+/// One pass; stops early (after the request in flight) when `stop` is set. With `quiet`
+/// (the delivery thread already said the bridge is failing), deferrals are logged at debug
+/// level only.
+fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io::Result<Pass> {
     let spool = Spool::new(&config.spool_dir);
     let Some(_lock) = spool.lock_runner(false)? else {
         log::debug!("queue run skipped: another runner holds the lock");
@@ -111,32 +119,41 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         // What is already queued can still go out; the maildrop is tried again next pass.
         Err(e) => log::error!("cannot ingest the maildrop: {e}"),
     }
-    let scan = spool.scan()?;
+    // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
+    // the whole queue, however long the bridge has been down.
+    let ids = spool.ids()?;
     let mut pass = Pass::default();
-    for (id, reason) in &scan.corrupt {
-        let reason = format!("unreadable spool file: {reason}");
-        log::error!("{id}: status=failed ({reason})");
-        spool.fail(id, &reason)?;
-        pass.report.failed += 1;
-    }
     let bridge = Bridge::new(&config.queue, &config.name, config.bridge_timeout);
     let options = DigestOptions {
         max_body_chars: config.max_body_chars,
         hostname: config.hostname.clone(),
     };
-    let total = scan.entries.len();
-    for (index, entry) in scan.entries.iter().enumerate() {
+    let total = ids.len();
+    for (index, id) in ids.iter().enumerate() {
         let remaining = total - index;
         let now = SystemTime::now();
+        let entry = match spool.entry(id) {
+            Ok(entry) => entry,
+            // Removed since the listing (by an administrator: runners hold the lock).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // Its header is damaged: it can never be delivered, and must not block the
+                // queue. Kept in failed/ for a human.
+                let reason = format!("unreadable spool file: {e}");
+                spool.fail(id, &reason)?;
+                log::error!("{id}: status=failed ({reason}); moved to failed/");
+                pass.report.failed += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if stop.load(Ordering::SeqCst) || (!force && entry.next_attempt > now) {
             pass.report.waiting = remaining;
             pass.report.next_due = Some(entry.next_attempt.max(now));
             break;
         }
-        let (entry, raw) = match spool.read(&entry.id, MAX_PARSE_BYTES) {
+        let (entry, raw) = match spool.read(id, MAX_PARSE_BYTES) {
             Ok(read) => read,
-            // Removed since the scan (a runner without the lock cannot exist, but an
-            // administrator can).
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
@@ -163,6 +180,7 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         };
         let reason = escape_reason(&reason);
         pass.last_error = Some(reason.clone());
+        pass.last_permanent = permanent;
         let age = now
             .duration_since(entry.envelope.arrival)
             .unwrap_or(Duration::ZERO);
@@ -184,8 +202,14 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
         }
         let next = ceil_micros(now + backoff(entry.attempts.saturating_add(1)));
         spool.defer(&entry.id, next, &reason)?;
+        let level = match (quiet, permanent) {
+            (true, _) => log::Level::Debug,
+            (false, true) => log::Level::Error,
+            (false, false) => log::Level::Info,
+        };
         if permanent {
-            log::error!(
+            log::log!(
+                level,
                 "{}: {}, delay={}, status=deferred ({reason}); the bridge refused the request: the queue URL or name in the configuration looks wrong; retrying in {}",
                 entry.id,
                 recipients_field(&entry),
@@ -193,7 +217,8 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool) -> io::Result<Pass>
                 human(next.duration_since(now).unwrap_or(Duration::ZERO))
             );
         } else {
-            log::info!(
+            log::log!(
+                level,
                 "{}: {}, delay={}, status=deferred ({reason}); retrying in {}",
                 entry.id,
                 recipients_field(&entry),
@@ -270,9 +295,10 @@ enum Command {
 
 /// The daemon's background delivery thread.
 ///
-/// It runs a pass at start, whenever it is nudged (new mail), and when the head of the queue
-/// is due again. It logs state changes once: when the bridge starts failing and when it
-/// takes messages again, not at every retry (each deferral still has its own info line).
+/// It runs a pass at start, whenever it is nudged (new mail), when the head of the queue is
+/// due again, and every [`MAILDROP_POLL`] while idle (for the maildrop). It logs state changes once: a warning when the bridge starts failing (an
+/// error when it refuses our requests, which points at the configuration) and an info line
+/// when it takes messages again. Retries in between are logged at debug level only.
 #[derive(Debug)]
 pub struct DeliveryThread {
     commands: Sender<Command>,
@@ -288,6 +314,12 @@ pub struct DeliveryThread {
 impl DeliveryThread {
     /// Starts the thread; it runs passes when nudged and when the next attempt is due.
     pub fn spawn(config: Config) -> io::Result<DeliveryThread> {
+        DeliveryThread::spawn_polling(config, MAILDROP_POLL)
+    }
+
+    /// [`DeliveryThread::spawn`] with another interval between two looks at an idle spool
+    /// than [`MAILDROP_POLL`] (tests; a box that wants local mail picked up sooner).
+    pub fn spawn_polling(config: Config, poll: Duration) -> io::Result<DeliveryThread> {
         let (commands, inbox) = mpsc::channel();
         let (done, finished) = mpsc::channel();
         let nudged = Arc::new(AtomicBool::new(false));
@@ -297,7 +329,7 @@ impl DeliveryThread {
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
-                    run_thread(config, inbox, &nudged, &stop);
+                    run_thread(config, poll, inbox, &nudged, &stop);
                     let _ = done.send(());
                 })?
         };
@@ -350,31 +382,29 @@ impl DeliveryThread {
 /// Whether the bridge is taking messages, as far as the thread last saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BridgeState {
+    /// No attempt yet.
     Unknown,
+    /// The last attempt was delivered.
     Up,
-    Failing,
+    /// The last attempt failed; `permanent` when the bridge refused the request (4xx).
+    Failing { permanent: bool },
 }
 
 fn run_thread(
     mut config: Config,
+    poll: Duration,
     inbox: Receiver<Command>,
     nudged: &AtomicBool,
     stop: &AtomicBool,
 ) {
     let mut state = BridgeState::Unknown;
     // A pass at start delivers what the last run left behind.
-    let mut due: Option<Instant> = Some(Instant::now());
+    let mut due = Instant::now();
     loop {
-        let command = match due {
-            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
-            None => match inbox.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            },
+        let command = match inbox.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
         // Take everything already waiting, so that a burst of nudges is one pass.
         let mut commands: Vec<Command> = command.into_iter().collect();
@@ -392,33 +422,50 @@ fn run_thread(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        due = match run_pass(&config, false, stop) {
-            Ok(pass) if pass.locked_out => Some(Instant::now() + LOCKED_RETRY),
+        let quiet = matches!(state, BridgeState::Failing { .. });
+        due = match run_pass(&config, false, stop, quiet) {
+            Ok(pass) if pass.locked_out => Instant::now() + LOCKED_RETRY,
             Ok(pass) => {
                 let report = &pass.report;
-                if report.deferred > 0 && state != BridgeState::Failing {
-                    log::warn!(
-                        "delivery paused: the bridge is not taking messages ({}); {} message(s) waiting",
-                        pass.last_error.as_deref().unwrap_or("unknown reason"),
-                        report.deferred + report.waiting
-                    );
-                    state = BridgeState::Failing;
-                } else if report.delivered > 0 && report.deferred == 0 {
-                    if state == BridgeState::Failing {
+                let reason = pass.last_error.as_deref().unwrap_or("unknown reason");
+                let waiting = report.deferred + report.waiting;
+                if report.deferred > 0 {
+                    let failing = BridgeState::Failing {
+                        permanent: pass.last_permanent,
+                    };
+                    if state != failing && pass.last_permanent {
+                        log::error!(
+                            "delivery paused: the bridge refuses our requests ({reason}): the queue URL or name in the configuration looks wrong; {waiting} message(s) waiting, retried every {} at most",
+                            human(BACKOFF_CAP)
+                        );
+                    } else if state != failing {
+                        log::warn!(
+                            "delivery paused: the bridge is not taking messages ({reason}); {waiting} message(s) waiting, retried every {} at most",
+                            human(BACKOFF_CAP)
+                        );
+                    }
+                    state = failing;
+                } else if report.delivered > 0 {
+                    if quiet {
                         log::info!("delivery resumed: the bridge takes messages again");
                     }
                     state = BridgeState::Up;
                 }
-                report.next_due.map(|at| {
-                    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
-                })
+                // Nothing waiting: look again after `poll` all the same, for what `sendmail`
+                // left in the maildrop (it cannot nudge us).
+                match report.next_due {
+                    Some(at) => {
+                        Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+                    }
+                    None => Instant::now() + poll,
+                }
             }
             Err(e) => {
                 log::error!(
                     "delivery pass failed: {e}; retrying in {}",
                     human(SPOOL_ERROR_RETRY)
                 );
-                Some(Instant::now() + SPOOL_ERROR_RETRY)
+                Instant::now() + SPOOL_ERROR_RETRY
             }
         };
     }

@@ -13,6 +13,7 @@
 //! | `queue/` | 0700 | accepted messages waiting for delivery, one file each, named by queue ID |
 //! | `failed/` | 0700 | messages that ran out of lifetime, with the reason |
 //! | `queue.lock` | 0600 | flock'd by whoever runs the queue ([`Spool::lock_runner`]) |
+//! | `maildrop.lock` | 0600 | flock'd while the maildrop is ingested |
 //! | `backlog` | 0644 | present while delivery is backed up ([`Spool::set_backlog`]) |
 //!
 //! # Files
@@ -378,11 +379,11 @@ pub struct IngestReport {
 
 /// The result of one look at `queue/`: what can be delivered, and what cannot even be read.
 #[derive(Debug, Default)]
-pub(crate) struct Scan {
+struct Scan {
     /// Readable messages, oldest first.
-    pub(crate) entries: Vec<QueueEntry>,
+    entries: Vec<QueueEntry>,
     /// Messages whose header does not parse, with the reason.
-    pub(crate) corrupt: Vec<(QueueId, String)>,
+    corrupt: Vec<(QueueId, String)>,
 }
 
 /// The spool directory.
@@ -515,6 +516,10 @@ impl Spool {
     /// commit order; its origin becomes the file owner's uid, whatever the header claimed.
     /// The maildrop entry is unlinked only after the copy in `queue/` is durable.
     pub fn ingest_maildrop(&self, max_size: u64) -> io::Result<IngestReport> {
+        // Two ingestions at once (`mailq` beside a delivery pass) would copy the same entry
+        // twice; a lock of its own (not the runner lock, which the caller may hold) keeps
+        // them one after the other.
+        let _ingesting = self.lock_file("maildrop.lock", true)?;
         let dir = self.maildrop_dir();
         remove_stale_temps(&dir)?;
         let mut names: Vec<OsString> = read_names(&dir)?
@@ -664,7 +669,14 @@ impl Spool {
             .as_bytes(),
             0o600,
         )?;
-        fs::rename(path, failed.join(&id.0))?;
+        let reason_file = failed.join(format!("{id}{REASON_SUFFIX}"));
+        if let Err(e) = fs::rename(path, failed.join(&id.0)) {
+            // Keep the entry where it is (it is refused again next time) rather than lose it,
+            // and leave no reason without its message.
+            log::error!("cannot move maildrop entry {shown} to failed/: {e}");
+            remove_if_exists(&reason_file)?;
+            return Ok(());
+        }
         fsync_dir(&failed)
     }
 
@@ -680,16 +692,27 @@ impl Spool {
         Ok(scan.entries)
     }
 
-    /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
-    pub(crate) fn scan(&self) -> io::Result<Scan> {
+    /// The IDs of the messages in `queue/`, oldest first, without reading any of them.
+    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
         let mut ids: Vec<QueueId> = read_names(&self.queue_dir())?
             .into_iter()
             .filter(|n| is_id(n.as_bytes()))
             .map(|n| QueueId(n.to_string_lossy().into_owned()))
             .collect();
         ids.sort();
+        Ok(ids)
+    }
+
+    /// One message's entry (envelope, size, retry state) without its content. An
+    /// `InvalidData` error means its header is damaged.
+    pub fn entry(&self, id: &QueueId) -> io::Result<QueueEntry> {
+        self.open_entry(id).map(|(entry, _)| entry)
+    }
+
+    /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
+    fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();
-        for id in ids {
+        for id in self.ids()? {
             match self.open_entry(&id) {
                 Ok((entry, _)) => scan.entries.push(entry),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -799,6 +822,13 @@ impl Spool {
 
     /// Takes the queue-runner lock; `None` when another process holds it and `wait` is false.
     pub fn lock_runner(&self, wait: bool) -> io::Result<Option<RunnerLock>> {
+        Ok(self
+            .lock_file("queue.lock", wait)?
+            .map(|lock| RunnerLock { _file: lock }))
+    }
+
+    /// An exclusive flock on `root/name` (created 0600 for the spool owner).
+    fn lock_file(&self, name: &str, wait: bool) -> io::Result<Option<Flock<File>>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -806,7 +836,7 @@ impl Spool {
             .truncate(false)
             .mode(0o600)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(self.root.join("queue.lock"))?;
+            .open(self.root.join(name))?;
         adopt(&file, &self.root)?;
         let arg = if wait {
             FlockArg::LockExclusive
@@ -816,7 +846,7 @@ impl Spool {
         let mut file = file;
         loop {
             match Flock::lock(file, arg) {
-                Ok(lock) => return Ok(Some(RunnerLock { _file: lock })),
+                Ok(lock) => return Ok(Some(lock)),
                 Err((_, Errno::EWOULDBLOCK)) if !wait => return Ok(None),
                 Err((f, Errno::EINTR)) => file = f,
                 Err((_, errno)) => return Err(errno.into()),

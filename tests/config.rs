@@ -216,6 +216,22 @@ fn owned_by_someone_else_is_refused_when_root() {
 }
 
 #[test]
+fn oversized_file_is_refused() {
+    let dir = TestDir::new("config-big");
+    let mut text = String::from("loglevel = \"info\"\n");
+    while (text.len() as u64) <= smtp_bridge::config::MAX_FILE_SIZE {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    let path = write(&dir, "big.conf", &text, 0o644);
+    match Config::load(&path) {
+        Err(ConfigError::Invalid { message, .. }) => {
+            assert!(message.contains("larger"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn missing_files() {
     let dir = TestDir::new("config-missing");
     let absent = dir.join("absent.conf");

@@ -78,7 +78,7 @@ impl Daemon {
         let mut cmd = Command::new(common::daemon_bin());
         cmd.arg("--config")
             .arg(&config)
-            .arg("--foreground")
+            .args(["--loglevel", "debug"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -634,7 +634,7 @@ fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
     let bridge = StandInBridge::start();
     bridge.set_behaviour(Behaviour::Down);
     let dir = TestDir::new("down500");
-    let d = Daemon::start(&dir, &bridge, "");
+    let mut d = Daemon::start(&dir, &bridge, "");
     let port = d.port;
     let threads: Vec<_> = (0..20)
         .map(|t| {
@@ -668,6 +668,24 @@ fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
             .collect();
         assert_eq!(seq, (0..25).collect::<Vec<_>>(), "connection {t}");
     }
+    // A clean stop reports how the commits were made durable (group commit).
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_exit(SOON).success());
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("messages committed with"))
+        .unwrap_or_else(|| panic!("no commit statistics:\n{log}"));
+    let numbers: Vec<u64> = line
+        .split("spool worker: ")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    eprintln!("group commit: {line}");
+    assert_eq!(numbers.first(), Some(&500), "{line}");
+    assert!(numbers.get(1).is_some_and(|syncs| *syncs <= 500), "{line}");
 }
 
 #[test]
@@ -1029,7 +1047,6 @@ fn help_version_and_usage_errors() {
         "--config",
         "--loglevel",
         "--check-config",
-        "--foreground",
         "--version",
         "--help",
     ] {
@@ -1067,6 +1084,40 @@ fn address_in_use_exits_71() {
     assert_eq!(out.status.code(), Some(71), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn spool_that_cannot_be_prepared_exits_71() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("nospool");
+    let port = common::free_port();
+    let config = dir.join("smtp_bridge.conf");
+    // write_config puts spool_dir under the test directory; point it somewhere impossible.
+    let text = std::fs::read_to_string(common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("spool_dir"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(
+        &config,
+        format!("{text}\nspool_dir = \"/proc/no-such-dir/spool\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spool"),
         "{out:?}"
     );
 }

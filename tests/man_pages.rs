@@ -110,6 +110,36 @@ fn pages_are_clean_under_mandoc_lint() {
     }
 }
 
+/// What `man -l` does with the pages (groff's mdoc macros, not mandoc's): they must render,
+/// without a single groff warning.
+#[test]
+fn pages_render_with_man_and_groff_without_warnings() {
+    if !common::require_tool("man") {
+        return;
+    }
+    for page in PAGES {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(man_dir().join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat")
+            .output()
+            .expect("run man -l");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "man -l man/{page}: {:?}\n{stderr}",
+            out.status
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("NAME") && text.lines().count() > 50,
+            "man -l man/{page} rendered almost nothing:\n{text}"
+        );
+    }
+}
+
 /// `key = value` pairs of `Config::default().to_toml()`.
 fn default_settings() -> Vec<(String, String)> {
     let toml = smtp_bridge::config::Config::default().to_toml();
@@ -231,6 +261,49 @@ fn daemon_page_documents_every_option_of_help() {
             documented.contains(option),
             "smtp_bridge.8 has no `.It Fl {}` for {option} of --help",
             &option[1..]
+        );
+    }
+}
+
+/// Every option the parser honours, ignores or refuses, each in the section of sendmail(8)
+/// that says so, and nowhere else among the tags.
+#[test]
+fn sendmail_page_documents_every_option_where_the_code_puts_it() {
+    use smtp_bridge::sendmail::{HONOURED_OPTIONS, IGNORED_OPTIONS, REJECTED_OPTIONS};
+    let src = source("sendmail.8");
+    let honoured = item_options(&subsection(&src, "Options that take effect"));
+    let ignored = item_options(&subsection(&src, "Options accepted and ignored"));
+    for option in HONOURED_OPTIONS {
+        assert!(
+            honoured.iter().any(|o| o == option),
+            "sendmail.8 has no `.It Fl {}` under \"Options that take effect\"",
+            &option[1..]
+        );
+        assert!(
+            !ignored.iter().any(|o| o == option),
+            "{option} is honoured, but sendmail.8 lists it as ignored"
+        );
+    }
+    for option in IGNORED_OPTIONS {
+        assert!(
+            ignored.iter().any(|o| o == option),
+            "sendmail.8 has no `.It Fl {}` under \"Options accepted and ignored\"",
+            &option[1..]
+        );
+    }
+    // Documented as taking effect or ignored, but unknown to the code: the page lies.
+    for option in honoured.iter().chain(&ignored) {
+        assert!(
+            HONOURED_OPTIONS.contains(&option.as_str())
+                || IGNORED_OPTIONS.contains(&option.as_str()),
+            "sendmail.8 documents {option}, which the parser does not list"
+        );
+    }
+    let refused = subsection(&src, "Modes refused").join(" ");
+    for option in REJECTED_OPTIONS {
+        assert!(
+            refused.contains(&format!("Fl {}", &option[1..])),
+            "{option} is refused by the code but not under \"Modes refused\""
         );
     }
 }

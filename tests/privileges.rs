@@ -95,7 +95,7 @@ fn root_daemon_on_port_25_runs_as_nobody_without_groups_and_with_no_new_privs() 
     let child = Command::new(common::daemon_bin())
         .arg("--config")
         .arg(&config)
-        .arg("--foreground")
+        .args(["--loglevel", "debug"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -174,7 +174,7 @@ fn socket_activation_serves_smtp_without_root() {
         .arg(common::daemon_bin())
         .arg("--config")
         .arg(&config)
-        .arg("--foreground")
+        .args(["--loglevel", "debug"])
         .env("LISTEN_FDS", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -217,4 +217,29 @@ fn socket_activation_serves_smtp_without_root() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("from systemd"), "{text}");
+}
+
+#[test]
+fn unknown_user_is_a_privilege_failure_exit_77_before_serving() {
+    if !common::require_root() {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("nouser");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nusername = \"no-such-user-smtp-bridge\""),
+    );
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-user-smtp-bridge"),
+        "{out:?}"
+    );
 }

@@ -676,3 +676,83 @@ fn runner_lock_is_exclusive_and_backlog_marker_is_public() {
     spool.set_backlog(false).unwrap();
     assert!(!spool.has_backlog());
 }
+
+#[test]
+fn concurrent_ingestions_copy_each_entry_once() {
+    let dir = TestDir::new("spool-ingest-race");
+    let spool = prepared(&dir);
+    let dropped: Vec<QueueId> = (0..40)
+        .map(|n| {
+            drop_message(
+                &spool,
+                &envelope("s@x", &["r@x"]),
+                format!("{n}").as_bytes(),
+            )
+        })
+        .collect();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let spool = spool.clone();
+            std::thread::spawn(move || spool.ingest_maildrop(1 << 20).unwrap().accepted)
+        })
+        .collect();
+    let accepted: usize = racers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(accepted, 40);
+    let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(
+        listed, dropped,
+        "each once, in order, under its maildrop ID"
+    );
+}
+
+#[test]
+fn group_commit_makes_a_batch_durable_with_one_directory_sync() {
+    let dir = TestDir::new("spool-group");
+    let spool = prepared(&dir);
+    let ids: Vec<QueueId> = (0..5)
+        .map(|n| {
+            let mut w = spool.create(&envelope("s@x", &["r@x"])).unwrap();
+            w.write_all(format!("message {n}").as_bytes()).unwrap();
+            w.commit_file().unwrap()
+        })
+        .collect();
+    spool.sync_dir().unwrap();
+    let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(listed, ids);
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(
+            spool.read(id, 100).unwrap().1,
+            format!("message {n}").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_maildrop_name_cannot_take_over_a_queued_id_or_jump_to_the_future() {
+    let dir = TestDir::new("spool-steal");
+    let spool = prepared(&dir);
+    let victim = queue_message(&spool, &envelope("victim@x", &["r@x"]), b"original");
+    let maildrop = spool.root().join("maildrop");
+    fs::write(maildrop.join(format!("{victim}.aaaa")), forged("hijack")).unwrap();
+    let future = "FFFFFFFFFFFFFF000000000001";
+    fs::write(
+        maildrop.join(format!("{future}.bbbb")),
+        forged("from the future"),
+    )
+    .unwrap();
+    let report = spool.ingest_maildrop(1 << 20).unwrap();
+    assert_eq!(report.accepted, 2);
+    assert_eq!(spool.read(&victim, 100).unwrap().1, b"original");
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0].id, victim);
+    assert!(list.iter().all(|e| e.id.0 != future));
+    let bodies: Vec<Vec<u8>> = list[1..]
+        .iter()
+        .map(|e| spool.read(&e.id, 100).unwrap().1)
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![b"hijack".to_vec(), b"from the future".to_vec()]
+    );
+}

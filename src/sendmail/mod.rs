@@ -539,3 +539,61 @@ fn run_queue(config: &Config, summary: bool, output: &mut dyn Write) -> Result<(
     );
     write_output(output, text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_sysexit() {
+        let io = || io::Error::other("x");
+        let cases: Vec<(SendmailError, u8)> = vec![
+            (SendmailError::Usage(ArgsError::MissingValue('f')), 64),
+            (SendmailError::NoRecipientsGiven, 64),
+            (SendmailError::NoRecipients, 64),
+            (SendmailError::TooManyRecipients { limit: 1 }, 64),
+            (SendmailError::Input(io()), 65),
+            (SendmailError::TooLarge { limit: 1 }, 65),
+            (
+                SendmailError::Submit(SubmitError::CannotQueue {
+                    bridge: Some("connection refused".into()),
+                    source: io(),
+                }),
+                75,
+            ),
+            (SendmailError::Queue(io()), 75),
+            (SendmailError::QueuePermission(io()), 77),
+            (SendmailError::Session(io()), 74),
+            (SendmailError::Output(io()), 74),
+            (
+                SendmailError::Privileges {
+                    step: "setuid",
+                    source: nix::Error::EPERM,
+                },
+                71,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.exit_code(), code, "{error}");
+            let text = error.to_string();
+            assert!(!text.contains('\n'), "one line: {text}");
+            assert!(
+                text.starts_with(|c: char| !c.is_uppercase()),
+                "lowercase: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn spool_errors_sort_by_rights() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(queue_error(denied).exit_code(), sysexits::EX_NOPERM);
+        let other = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(queue_error(other).exit_code(), sysexits::EX_TEMPFAIL);
+    }
+
+    #[test]
+    fn one_line_listing() {
+        assert_eq!(one_line("connect:\n refused\t now"), "connect: refused now");
+    }
+}

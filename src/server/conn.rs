@@ -67,8 +67,11 @@ impl Reason {
 pub(crate) struct Conn {
     /// The log ID (`conn=ID`).
     pub id: u64,
+    /// The client socket (non-blocking, registered with the poller).
     pub stream: TcpStream,
+    /// The client's address.
     pub peer: SocketAddr,
+    /// The SMTP engine for this connection.
     pub session: Session,
     /// Input the session has not consumed yet (only while it waits for a commit, or while
     /// backpressure holds it back). At most one [`READ_CHUNK`].
@@ -110,7 +113,6 @@ pub(crate) trait JobSink {
 
 impl Conn {
     /// A new connection; the caller writes the greeting.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         stream: TcpStream,
@@ -214,7 +216,8 @@ impl Conn {
         let mut pos = 0;
         loop {
             let (n, event) = self.session.feed(&input[pos..], &mut self.out);
-            pos += n;
+            // Never trust a count past the end: slicing beyond it would panic the loop.
+            pos = (pos + n).min(input.len());
             match event {
                 Event::NeedInput => {
                     if pos < input.len() {
@@ -331,5 +334,154 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::SessionConfig;
+    use std::time::Duration;
+
+    /// Records jobs instead of sending them to a worker.
+    #[derive(Default)]
+    struct Recorder(Vec<Job>);
+
+    impl JobSink for Recorder {
+        fn submit(&mut self, job: Job) {
+            self.0.push(job);
+        }
+    }
+
+    fn conn() -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let session = Session::new(SessionConfig {
+            hostname: "test.example".to_owned(),
+            max_message_size: 64 << 20,
+            max_recipients: 100,
+            max_line_length: 2048,
+        });
+        let c = Conn::new(
+            1,
+            TcpStream::from_std(server),
+            peer,
+            session,
+            Instant::now(),
+            Duration::from_secs(300),
+            Duration::from_secs(3600),
+        );
+        (c, client)
+    }
+
+    fn kinds(jobs: &[Job]) -> String {
+        jobs.iter()
+            .map(|j| match j {
+                Job::Open { .. } => "open ",
+                Job::Write { .. } => "write ",
+                Job::Commit { .. } => "commit ",
+                Job::Abort { .. } => "abort ",
+            })
+            .collect()
+    }
+
+    fn written(jobs: &[Job]) -> Vec<u8> {
+        jobs.iter()
+            .flat_map(|j| match j {
+                Job::Write { data, .. } => data.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pipelined_transaction_becomes_open_write_commit_and_keeps_the_rest() {
+        let (mut c, _client) = conn();
+        let mut jobs = Recorder::default();
+        c.session.greeting(&mut c.out);
+        let input = b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<root>\r\nDATA\r\n\
+Subject: s\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        c.feed_fresh(7, input, &mut jobs, Instant::now());
+        assert_eq!(kinds(&jobs.0), "open write commit ");
+        assert!(matches!(jobs.0[0], Job::Open { conn: 7, .. }));
+        assert_eq!(written(&jobs.0), b"Subject: s\r\n\r\n.dot\r\n");
+        // Waiting for the commit: QUIT stays buffered and the socket is not read.
+        assert!(c.commit_pending && c.session.is_waiting());
+        assert_eq!(c.inbuf, b"QUIT\r\n");
+        assert!(!c.can_read());
+        c.commit_pending = false;
+        c.session.committed(Ok("ABC123"), &mut c.out);
+        c.feed_buffered(7, &mut jobs, Instant::now());
+        assert!(c.inbuf.is_empty());
+        assert_eq!(c.closing, Some(Reason::Quit));
+        let out = String::from_utf8_lossy(&c.out);
+        assert!(out.contains("queued as ABC123"), "{out}");
+    }
+
+    #[test]
+    fn backpressure_stops_consuming_until_the_worker_acknowledges() {
+        let (mut c, _client) = conn();
+        let mut jobs = Recorder::default();
+        c.session.greeting(&mut c.out);
+        c.feed_fresh(
+            1,
+            b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<root>\r\nDATA\r\n",
+            &mut jobs,
+            Instant::now(),
+        );
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let body: Vec<u8> = line.repeat(MAX_IN_FLIGHT * 3 / line.len());
+        let mut sent = 0;
+        let mut pauses = 0;
+        while sent < body.len() {
+            // As the loop does: read only when allowed, at most one chunk at a time.
+            assert!(c.can_read());
+            let end = (sent + READ_CHUNK).min(body.len());
+            c.feed_fresh(1, &body[sent..end], &mut jobs, Instant::now());
+            sent = end;
+            assert!(c.in_flight <= MAX_IN_FLIGHT + DATA_FLUSH + READ_CHUNK);
+            if !c.can_read() {
+                pauses += 1;
+                // The worker catches up.
+                c.in_flight = 0;
+                c.feed_buffered(1, &mut jobs, Instant::now());
+            }
+        }
+        assert!(pauses >= 2, "backpressure never engaged");
+        c.feed_fresh(1, b".\r\n", &mut jobs, Instant::now());
+        assert!(c.commit_pending);
+        assert_eq!(written(&jobs.0), body);
+    }
+
+    #[test]
+    fn a_client_gone_mid_message_reads_as_eof_with_the_file_still_open() {
+        let (mut c, client) = conn();
+        let mut jobs = Recorder::default();
+        c.session.greeting(&mut c.out);
+        c.feed_fresh(
+            1,
+            b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<root>\r\nDATA\r\npartial\r\n",
+            &mut jobs,
+            Instant::now(),
+        );
+        assert!(c.spool_open);
+        drop(client);
+        let mut buf = [0u8; 64];
+        let mut got = None;
+        for _ in 0..100 {
+            match c.read_chunk(&mut buf).unwrap() {
+                None => std::thread::sleep(Duration::from_millis(10)),
+                Some(n) => {
+                    got = Some(n);
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, Some(0), "EOF is a zero-length read");
+        // The file is still open: closing the connection must send the Abort.
+        assert!(c.spool_open);
+        assert_eq!(kinds(&jobs.0), "open write ");
     }
 }

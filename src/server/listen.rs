@@ -20,7 +20,8 @@ const BACKLOG: i32 = 128;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ListenError {
-    /// Occurs when `listen` is empty and no socket was passed by systemd.
+    /// Occurs when `listen` is empty (or names only IPv6 addresses on a host without IPv6)
+    /// and no socket was passed by systemd.
     NoAddresses,
     /// Occurs when a configured address cannot be bound (in use, not permitted, no such
     /// address).
@@ -63,12 +64,41 @@ impl std::error::Error for ListenError {
 
 /// Binds every address: `SO_REUSEADDR` so a restart does not wait for TIME_WAIT, and
 /// `IPV6_V6ONLY` on IPv6 sockets so `127.0.0.1:25` and `[::1]:25` (or `0.0.0.0` and `[::]`)
-/// can be bound side by side. Sockets are close-on-exec and non-blocking.
+/// can be bound side by side. Sockets are close-on-exec and non-blocking. On a host with
+/// IPv6 disabled, `[::1]` or `[::]` beside an IPv4 address is skipped with a warning, so the
+/// default `listen` works there too; any other failure is an error.
 pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
-    if addrs.is_empty() {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match bind_one(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(ListenError::Bind {
+                source: Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL,
+                ..
+            }) if ipv6_disabled_default(addrs, *addr) => {
+                // The default pair on a host with IPv6 turned off: serve IPv4 alone rather
+                // than refuse to start.
+                log::warn!("IPv6 is not available; not listening on {addr}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if listeners.is_empty() {
         return Err(ListenError::NoAddresses);
     }
-    addrs.iter().map(|a| bind_one(*a)).collect()
+    Ok(listeners)
+}
+
+/// Whether `addr` is the IPv6 loopback or wildcard address and an IPv4 address is also
+/// configured, so that skipping it on a host without IPv6 still leaves the daemon reachable
+/// the way the default `listen` intends.
+fn ipv6_disabled_default(all: &[SocketAddr], addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V6(v6) => {
+            (v6.ip().is_loopback() || v6.ip().is_unspecified()) && all.iter().any(|a| a.is_ipv4())
+        }
+        SocketAddr::V4(_) => false,
+    }
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, ListenError> {
@@ -217,6 +247,22 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn only_the_ipv6_half_of_a_mixed_default_may_be_skipped() {
+        let v4: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        let v6: SocketAddr = "[::1]:25".parse().unwrap();
+        let any6: SocketAddr = "[::]:25".parse().unwrap();
+        let other6: SocketAddr = "[2001:db8::1]:25".parse().unwrap();
+        assert!(ipv6_disabled_default(&[v4, v6], v6));
+        assert!(ipv6_disabled_default(&[v4, any6], any6));
+        assert!(!ipv6_disabled_default(&[v6], v6), "nothing would be left");
+        assert!(
+            !ipv6_disabled_default(&[v4, other6], other6),
+            "explicit address"
+        );
+        assert!(!ipv6_disabled_default(&[v4, v6], v4));
     }
 
     #[test]

@@ -670,13 +670,19 @@ impl Server {
                 continue;
             }
             if conn.closing.is_none() {
-                if now >= conn.session_deadline {
+                if conn.commit_pending {
+                    // The session waits for our commit, so the delay is ours, not the
+                    // client's; and a 421 now would precede the 250 still owed. Look again
+                    // shortly.
+                    conn.idle_deadline = conn.idle_deadline.max(now + conn.idle_timeout);
+                    conn.session_deadline = conn.session_deadline.max(now + LINGER);
+                } else if now >= conn.session_deadline {
                     conn.out
                         .extend_from_slice(replies::SESSION_TIMEOUT.as_bytes());
                     conn.close_after_flush(Reason::SessionTimeout, now, LINGER);
                 } else if now >= conn.idle_deadline {
-                    if conn.commit_pending || conn.in_flight > 0 {
-                        // We are the slow side, not the client.
+                    if conn.in_flight > 0 {
+                        // Reading is paused for the spool worker: we are the slow side.
                         conn.idle_deadline = now + conn.idle_timeout;
                     } else {
                         conn.out.extend_from_slice(replies::IDLE_TIMEOUT.as_bytes());

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -71,6 +72,16 @@ pub(crate) struct SpoolWorker {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     handle: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+/// How well group commit works, logged when the worker stops.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Messages made durable.
+    pub commits: AtomicU64,
+    /// Directory fsyncs it took.
+    pub syncs: AtomicU64,
 }
 
 impl SpoolWorker {
@@ -78,13 +89,16 @@ impl SpoolWorker {
     pub fn spawn(spool: Spool, waker: Arc<Waker>) -> io::Result<SpoolWorker> {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
+        let stats = Arc::new(Stats::default());
+        let worker_stats = stats.clone();
         let handle = thread::Builder::new()
             .name("spool".to_owned())
-            .spawn(move || run(spool, jobs_rx, done_tx, waker))?;
+            .spawn(move || run(spool, jobs_rx, done_tx, waker, &worker_stats))?;
         Ok(SpoolWorker {
             jobs: Some(jobs_tx),
             done: done_rx,
             handle: Some(handle),
+            stats,
         })
     }
 
@@ -126,6 +140,11 @@ impl SpoolWorker {
                 log::error!("spool worker panicked");
             }
         }
+        log::info!(
+            "spool worker: {} messages committed with {} directory syncs",
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.syncs.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -150,7 +169,7 @@ struct Batch {
     bytes: usize,
 }
 
-fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>) {
+fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, stats: &Stats) {
     let mut slots: HashMap<usize, Slot> = HashMap::new();
     while let Ok(first) = jobs.recv() {
         let mut batch = Batch::default();
@@ -165,7 +184,7 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>)
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
             };
         }
-        if !finish(&spool, batch, &done) {
+        if !finish(&spool, batch, &done, stats) {
             break;
         }
         if let Err(e) = waker.wake() {
@@ -240,14 +259,19 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
 
 /// Makes the batch's commits durable with one directory fsync and reports everything.
 /// Returns false when the loop is gone.
-fn finish(spool: &Spool, batch: Batch, done: &Sender<Done>) -> bool {
+fn finish(spool: &Spool, batch: Batch, done: &Sender<Done>, stats: &Stats) -> bool {
     let mut results: Vec<Done> = Vec::new();
     for (conn, bytes) in batch.acks {
         results.push(Done::Written { conn, bytes });
     }
     if !batch.committed.is_empty() {
-        match spool.sync_dir() {
+        let synced = spool.sync_dir();
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        match synced {
             Ok(()) => {
+                stats
+                    .commits
+                    .fetch_add(batch.committed.len() as u64, Ordering::Relaxed);
                 for (conn, c) in batch.committed {
                     results.push(Done::Committed {
                         conn,
@@ -388,5 +412,45 @@ mod tests {
         let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
         assert_eq!(listed, vec![c3.1.id.clone(), c1.1.id.clone()]);
         worker.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn commits_that_are_ready_together_share_one_directory_sync() {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-group-{}", std::process::id()));
+        let _cleanup = TempSpool(root.clone());
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        // Five sessions finish DATA at once: all their jobs are queued before the worker
+        // looks, so they form one batch (run here on this thread, deterministically).
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        for conn in 0..5 {
+            jobs_tx
+                .send(Job::Open {
+                    conn,
+                    envelope: envelope("a@example.org", 1),
+                })
+                .unwrap();
+            jobs_tx
+                .send(Job::Write {
+                    conn,
+                    data: b"Subject: x\r\n\r\ny\r\n".to_vec(),
+                })
+                .unwrap();
+            jobs_tx.send(Job::Commit { conn }).unwrap();
+        }
+        drop(jobs_tx);
+        let stats = Stats::default();
+        run(spool.clone(), jobs_rx, done_tx, waker, &stats);
+        let ok = done_rx
+            .iter()
+            .filter(|d| matches!(d, Done::Committed { result: Ok(_), .. }))
+            .count();
+        assert_eq!(ok, 5);
+        assert_eq!(stats.commits.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 1);
+        assert_eq!(spool.list().unwrap().len(), 5);
     }
 }

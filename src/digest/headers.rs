@@ -1,0 +1,293 @@
+//! The "who, when, how" lines of a digest: decoded message headers, and what the envelope
+//! adds to them (how the message came, the envelope sender and the recipients the headers do
+//! not name, such as Bcc).
+
+use std::time::SystemTime;
+
+use mail_parser::{Addr, Address, HeaderName, Message};
+
+use super::text::{decode_legacy, one_line};
+use crate::envelope::{Envelope, Origin};
+
+/// Longest single address shown (`Name <addr>`), in characters.
+pub const ADDRESS_MAX: usize = 200;
+/// Longest Subject shown, in characters.
+pub const SUBJECT_MAX: usize = 300;
+/// Longest Date shown, in characters.
+const DATE_MAX: usize = 100;
+/// Longest HELO name shown, in characters.
+const HELO_MAX: usize = 100;
+
+/// Formats an address header value as `Name <addr>` / `addr` / `Name` entries (groups
+/// flattened; an empty group such as `undisclosed-recipients:;` shown by its name); returns
+/// at most `max` entries and how many more there were.
+pub fn format_addresses(value: &Address<'_>, max: usize) -> (Vec<String>, usize) {
+    let mut shown = Vec::new();
+    let mut more = 0usize;
+    let mut push = |entry: String| {
+        if entry.is_empty() {
+            return;
+        }
+        if shown.len() < max {
+            shown.push(entry);
+        } else {
+            more += 1;
+        }
+    };
+    match value {
+        Address::List(list) => list.iter().for_each(|a| push(format_addr(a))),
+        Address::Group(groups) => {
+            for group in groups {
+                if group.addresses.is_empty() {
+                    let name = one_line(group.name.as_deref().unwrap_or(""), ADDRESS_MAX);
+                    if !name.is_empty() {
+                        push(format!("{name}:;"));
+                    }
+                }
+                group.addresses.iter().for_each(|a| push(format_addr(a)));
+            }
+        }
+    }
+    (shown, more)
+}
+
+/// One address as a reader wants it: `Name <addr>`, or whichever of the two there is.
+fn format_addr(a: &Addr<'_>) -> String {
+    let name = one_line(a.name.as_deref().unwrap_or(""), ADDRESS_MAX);
+    let addr = one_line(a.address.as_deref().unwrap_or(""), ADDRESS_MAX);
+    let full = match (name.is_empty(), addr.is_empty()) {
+        (false, false) if !name.eq_ignore_ascii_case(&addr) => format!("{name} <{addr}>"),
+        (_, false) => addr,
+        (false, true) => name,
+        (true, true) => String::new(),
+    };
+    one_line(&full, ADDRESS_MAX)
+}
+
+/// Every bare address (lowercased) of the given header in the message, for comparing with
+/// the envelope; unbounded by the display caps but by the message itself.
+pub fn bare_addresses(msg: &Message<'_>, name: HeaderName<'static>) -> Vec<String> {
+    msg.header_values(name)
+        .filter_map(|v| v.as_address())
+        .flat_map(|a| a.iter())
+        // A bare word such as `To: root` is parsed as a name without an address, but to
+        // a local MTA it is the mailbox `root`.
+        .filter_map(|a| {
+            a.address
+                .as_deref()
+                .or(a.name.as_deref().filter(|n| !n.trim().contains(' ')))
+        })
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether two mailbox addresses name the same mailbox, allowing one to be unqualified
+/// (`root` and `root@host` are the same local user to a local MTA).
+pub fn same_mailbox(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    match (a.split_once('@'), b.split_once('@')) {
+        (None, Some((local, _))) => local.eq_ignore_ascii_case(a),
+        (Some((local, _)), None) => local.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+/// The decoded Date, or `None` when the message has none worth showing.
+pub fn date(msg: &Message<'_>) -> Option<String> {
+    // `to_rfc822` does arithmetic that overflows on out-of-range fields, so only valid dates
+    // go through it; anything else is shown as written.
+    if let Some(d) = msg.date().filter(|d| d.is_valid()) {
+        return Some(d.to_rfc822());
+    }
+    let raw = raw_header(msg, "Date")?;
+    let shown = one_line(&raw, DATE_MAX);
+    (!shown.is_empty()).then_some(shown)
+}
+
+/// A Subject written in raw 8-bit Latin-1 (no RFC 2047 encoded words), which mail-parser
+/// reads as UTF-8 with replacement characters, decoded as Windows-1252 instead.
+pub fn legacy_subject(msg: &Message<'_>, decoded: &str) -> Option<String> {
+    if !decoded.contains('\u{fffd}') {
+        return None;
+    }
+    let raw = raw_header_bytes(msg, "Subject")?;
+    if raw.windows(2).any(|w| w == b"=?") {
+        return None;
+    }
+    decode_legacy(raw)
+}
+
+/// The undecoded text of the first header called `name` in the top-level header block,
+/// read with bounds checks (the parser's own accessor indexes without them).
+pub fn raw_header(msg: &Message<'_>, name: &str) -> Option<String> {
+    raw_header_bytes(msg, name).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// The undecoded bytes of the first header called `name` in the top-level header block.
+fn raw_header_bytes<'a>(msg: &'a Message<'_>, name: &str) -> Option<&'a [u8]> {
+    let root = msg.parts.first()?;
+    let h = root
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    msg.raw_message
+        .get(h.offset_start as usize..h.offset_end as usize)
+}
+
+/// A From for a message that has none, and the note saying where it came from.
+pub fn synthesized_from(envelope: &Envelope, hostname: &str) -> (String, String) {
+    let sender = envelope.sender.trim();
+    if !sender.is_empty() {
+        let addr = if sender.contains('@') || hostname.is_empty() {
+            sender.to_string()
+        } else {
+            format!("{sender}@{hostname}")
+        };
+        return (
+            one_line(&addr, ADDRESS_MAX),
+            "not in message; envelope sender".into(),
+        );
+    }
+    match &envelope.origin {
+        Origin::Local { user, .. } if !user.is_empty() => {
+            let addr = if hostname.is_empty() {
+                user.clone()
+            } else {
+                format!("{user}@{hostname}")
+            };
+            (
+                one_line(&addr, ADDRESS_MAX),
+                "not in message; local user".into(),
+            )
+        }
+        _ => (
+            "MAILER-DAEMON".into(),
+            "not in message; null envelope sender".into(),
+        ),
+    }
+}
+
+/// The arrival time as a Date, for a message that has none.
+pub fn synthesized_date(arrival: SystemTime) -> String {
+    crate::datetime::rfc5322(arrival)
+}
+
+/// How the message came: `via sendmail, uid 0 (root)` or `via SMTP from 127.0.0.1 (helo)`.
+pub fn via(origin: &Origin) -> String {
+    match origin {
+        Origin::Local { uid, user } => {
+            let user = one_line(user, ADDRESS_MAX);
+            if user.is_empty() || user == format!("uid{uid}") {
+                format!("via sendmail, uid {uid}")
+            } else {
+                format!("via sendmail, uid {uid} ({user})")
+            }
+        }
+        Origin::Smtp { peer, helo } => {
+            let helo = one_line(helo, HELO_MAX);
+            if helo.is_empty() {
+                format!("via SMTP from {} (no HELO name)", peer.ip())
+            } else {
+                format!("via SMTP from {} ({helo})", peer.ip())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::UNIX_EPOCH;
+
+    fn envelope(sender: &str, origin: Origin) -> Envelope {
+        Envelope {
+            sender: sender.into(),
+            recipients: vec![],
+            origin,
+            arrival: UNIX_EPOCH,
+        }
+    }
+
+    fn local(uid: u32, user: &str) -> Origin {
+        Origin::Local {
+            uid,
+            user: user.into(),
+        }
+    }
+
+    fn smtp(peer: &str, helo: &str) -> Origin {
+        Origin::Smtp {
+            peer: peer
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("{peer}: {e}")),
+            helo: helo.into(),
+        }
+    }
+
+    #[test]
+    fn synthesized_from_cases() {
+        let cases: &[(&str, Origin, &str, &str)] = &[
+            ("root@box", local(0, "root"), "root@box", "envelope sender"),
+            ("root", local(0, "root"), "root@host", "envelope sender"),
+            (
+                "alice@example.org",
+                smtp("127.0.0.1:2525", "x"),
+                "alice@example.org",
+                "envelope sender",
+            ),
+            ("", local(1000, "alice"), "alice@host", "local user"),
+            (
+                "",
+                smtp("127.0.0.1:2525", "x"),
+                "MAILER-DAEMON",
+                "null envelope sender",
+            ),
+        ];
+        for (sender, origin, want, note) in cases {
+            let (from, why) = synthesized_from(&envelope(sender, origin.clone()), "host");
+            assert_eq!(from, *want, "sender {sender:?}");
+            assert!(
+                why.starts_with("not in message; ") && why.ends_with(note),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn via_cases() {
+        let cases: &[(Origin, &str)] = &[
+            (local(0, "root"), "via sendmail, uid 0 (root)"),
+            (local(4242, "uid4242"), "via sendmail, uid 4242"),
+            (
+                smtp("127.0.0.1:40000", "box.lan"),
+                "via SMTP from 127.0.0.1 (box.lan)",
+            ),
+            (smtp("[::1]:40000", ""), "via SMTP from ::1 (no HELO name)"),
+            (
+                smtp("127.0.0.1:1", "evil\r\nSubject: x"),
+                "via SMTP from 127.0.0.1 (evil Subject: x)",
+            ),
+        ];
+        for (origin, want) in cases {
+            assert_eq!(via(origin), *want);
+        }
+    }
+
+    #[test]
+    fn same_mailbox_cases() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("root", "root@host", true),
+            ("Root@Host", "root@host", true),
+            ("root@a", "root@b", false),
+            ("bob", "alice@host", false),
+            ("", "", true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(same_mailbox(a, b), *want, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Text hygiene for the digest: whatever bytes a message held, what reaches the owner's phone
+//! is clean, bounded plain text.
+//!
+//! Everything here is a pure function on strings: tidying decoded bodies (line ends, control
+//! characters, blank-line runs, leftover base64), bounding them by characters, cleaning
+//! single-line header values, lenient base64 for parts whose encoding was broken, and human
+//! sizes.
+
+/// Lines of base64 shorter than this are never taken for leftover attachment data: hashes,
+/// tokens and words in ordinary text are shorter than a MIME base64 line (76).
+const BASE64_LINE_MIN: usize = 60;
+
+/// Tidies decoded text for reading: CRLF and lone CR become `\n`, control characters other
+/// than `\n` and `\t` (and Unicode bidi overrides, which can disguise text in chat) are
+/// removed, trailing whitespace is trimmed from every line, runs of blank lines become one,
+/// leading and trailing blank lines go, and runs of base64 lines (an attachment that
+/// leaked into the text, e.g. through a broken boundary) become one `[… not shown]` line.
+pub fn tidy(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank_run = 0usize;
+    let mut base64_run = 0usize;
+    let normalised = s.replace("\r\n", "\n");
+    for raw_line in normalised.split(['\n', '\r']) {
+        let line = clean_line(raw_line);
+        let line = line.trim_end();
+        if is_base64_line(line) {
+            base64_run += 1;
+            continue;
+        }
+        if base64_run > 0 {
+            push_line(&mut out, &mut blank_run, &base64_note(base64_run));
+            base64_run = 0;
+        }
+        push_line(&mut out, &mut blank_run, line);
+    }
+    if base64_run > 0 {
+        push_line(&mut out, &mut blank_run, &base64_note(base64_run));
+    }
+    let end = out.trim_end().len();
+    out.truncate(end);
+    out
+}
+
+fn base64_note(lines: usize) -> String {
+    let s = if lines == 1 { "" } else { "s" };
+    format!("[… {lines} line{s} of base64 data not shown]")
+}
+
+/// Appends one line, keeping at most one blank line in a row and none at the start.
+fn push_line(out: &mut String, blank_run: &mut usize, line: &str) {
+    if line.is_empty() {
+        *blank_run += 1;
+        return;
+    }
+    if !out.is_empty() {
+        out.push('\n');
+        if *blank_run > 0 {
+            out.push('\n');
+        }
+    }
+    *blank_run = 0;
+    out.push_str(line);
+}
+
+/// Removes characters a reader cannot see or that mislead: control characters (except tab)
+/// and bidirectional overrides.
+fn clean_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.chars().all(|c| !unwanted(c)) {
+        return line.into();
+    }
+    line.chars()
+        .filter(|&c| !unwanted(c))
+        .collect::<String>()
+        .into()
+}
+
+fn unwanted(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Whether a line looks like part of a base64 body rather than text: long, no spaces, only
+/// base64 characters, and mixed case (so that hex digests and shouted words do not count).
+pub fn is_base64_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    if b.len() < BASE64_LINE_MIN {
+        return false;
+    }
+    let alphabet = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
+    b.iter().all(alphabet)
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b.iter().any(u8::is_ascii_uppercase)
+}
+
+/// Makes a header value one readable line of at most `max_chars` characters: whitespace runs
+/// (folding included) become one space, control characters go, and a cut is marked `…`.
+pub fn one_line(s: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max_chars * 4));
+    let mut space = false;
+    let mut count = 0usize;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if unwanted(c) {
+            continue;
+        }
+        let need = 1 + usize::from(space);
+        if count + need > max_chars {
+            out.push('…');
+            return out;
+        }
+        if space {
+            out.push(' ');
+            count += 1;
+            space = false;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
+}
+
+/// Cuts `s` to at most `max_chars` characters (never inside a character); returns the kept
+/// prefix and how many characters were cut.
+pub fn cap_chars(s: &str, max_chars: usize) -> (&str, usize) {
+    match s.char_indices().nth(max_chars) {
+        None => (s, 0),
+        Some((byte, _)) => (&s[..byte], s[byte..].chars().count()),
+    }
+}
+
+/// A size for people: `512 bytes`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        let s = if bytes == 1 { "" } else { "s" };
+        return format!("{bytes} byte{s}");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Decodes bytes that are not UTF-8 and hold no UTF-8 sequence at all as Windows-1252 (the
+/// superset of Latin-1 that undeclared 8-bit mail nearly always is); `None` for valid UTF-8
+/// or for bytes that are partly UTF-8, where a lossy UTF-8 reading keeps more.
+pub fn decode_legacy(bytes: &[u8]) -> Option<String> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return None;
+    }
+    let lossy = String::from_utf8_lossy(bytes);
+    if lossy.chars().any(|c| !c.is_ascii() && c != '\u{fffd}') {
+        return None;
+    }
+    let decode = mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252")?;
+    Some(decode(bytes))
+}
+
+/// Decodes base64 leniently, for parts whose base64 the parser rejected (usually because the
+/// message was cut short): characters outside the alphabet are skipped, decoding stops at
+/// padding, and a trailing partial group yields the whole bytes it holds.
+pub fn lenient_base64(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for &c in input {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_cases() {
+        let long_b64 =
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0";
+        let cases: &[(&str, String, &str)] = &[
+            ("crlf", "a\r\nb\rc".into(), "a\nb\nc"),
+            ("trailing space", "a  \t\nb ".into(), "a\nb"),
+            ("blank runs", "a\n\n\n\n\nb".into(), "a\n\nb"),
+            (
+                "whitespace-only lines are blank",
+                "a\n \n\t\n  \nb".into(),
+                "a\n\nb",
+            ),
+            ("leading and trailing blanks", "\n\n a\n\n".into(), " a"),
+            (
+                "controls stripped",
+                "a\u{0}b\u{7}c\u{1b}[31md\u{85}e".into(),
+                "abc[31mde",
+            ),
+            ("tab kept", "a\tb".into(), "a\tb"),
+            ("bidi override stripped", "abc\u{202e}fed".into(), "abcfed"),
+            ("bom stripped", "\u{feff}hello".into(), "hello"),
+            (
+                "base64 run collapsed",
+                format!("see:\n{long_b64}\n{long_b64}\nbye"),
+                "see:\n[… 2 lines of base64 data not shown]\nbye",
+            ),
+            (
+                "base64 at end",
+                format!("x\n{long_b64}"),
+                "x\n[… 1 line of base64 data not shown]",
+            ),
+            (
+                "hex digest kept",
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            ("empty", "".into(), ""),
+            ("only blanks", "\n\r\n \n".into(), ""),
+        ];
+        for (what, input, want) in cases {
+            assert_eq!(tidy(input), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn one_line_cases() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("a\r\n b", 100, "a b"),
+            ("  lead  and trail  ", 100, "lead and trail"),
+            ("abcdef", 3, "abc…"),
+            ("ab cd", 3, "ab…"),
+            ("ééééé", 2, "éé…"),
+            ("x\u{0}y", 10, "xy"),
+            ("", 10, ""),
+        ];
+        for (input, max, want) in cases {
+            assert_eq!(one_line(input, *max), *want, "{input:?} max {max}");
+        }
+    }
+
+    #[test]
+    fn cap_chars_cases() {
+        let cases: &[(&str, usize, &str, usize)] = &[
+            ("hello", 10, "hello", 0),
+            ("hello", 5, "hello", 0),
+            ("hello", 2, "he", 3),
+            ("héllo wörld", 4, "héll", 7),
+            ("😀😀😀", 1, "😀", 2),
+            ("abc", 0, "", 3),
+            ("", 0, "", 0),
+        ];
+        for (input, max, kept, cut) in cases {
+            assert_eq!(cap_chars(input, *max), (*kept, *cut), "{input:?} max {max}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        let cases: &[(u64, &str)] = &[
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (1023, "1023 bytes"),
+            (1024, "1.0 KiB"),
+            (12_595, "12.3 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+            (u64::MAX, "16777216.0 TiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(human_size(*bytes), *want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn legacy_decoding() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"Gr\xfc\xdfe \x80 5", Some("Grüße € 5")),
+            (b"plain ascii", None),
+            ("schon UTF-8: ä".as_bytes(), None),
+            (b"mixed \xc3\xa4 and \xfc", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(decode_legacy(input).as_deref(), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn lenient_base64_cases() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"aGVsbG8=", b"hello"),
+            (b"aGVs\r\nbG8gd29y\nbGQ=", b"hello world"),
+            (b"aGVsbG8gd29", b"hello wo"),
+            (b"aGV*sbG8", b"hello"),
+            (b"", b""),
+            (b"=", b""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                lenient_base64(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}
