@@ -1229,3 +1229,51 @@ fn corpus_messages_round_trip_through_data_and_bdat() {
 }
 
 mod common;
+/// swaks, a real SMTP client, talks to the built `sendmail -bs` over a pipe (sendmail-compat.md
+/// §6), lock-step and with PIPELINING; each message must reach the stand-in bridge once, its
+/// leading-dot line unstuffed.
+#[test]
+fn swaks_over_sendmail_bs() {
+    if !common::require_tool("swaks") {
+        return;
+    }
+    let dir = common::TestDir::new("engine-swaks");
+    let bridge = common::StandInBridge::start();
+    let config = common::write_config(&dir.path, &bridge.url, "");
+    let pipe = format!("{} -bs", common::sendmail_bin().display());
+    for (n, extra) in [(1, None), (2, Some("--pipeline"))] {
+        let subject = format!("swaks over -bs {n}");
+        let mut command = std::process::Command::new("swaks");
+        command
+            .env("SMTP_BRIDGE_CONFIG", &config)
+            .args(["--pipe", &pipe, "--from", "app@example.test"])
+            .args(["--to", "owner@example.test,second@example.test"])
+            .args(["--header", &format!("Subject: {subject}")])
+            .args(["--body", "first line\n.leading dot\nlast line"]);
+        if let Some(extra) = extra {
+            command.arg(extra);
+        }
+        let output = command.output().expect("run swaks");
+        let transcript = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "swaks failed: {transcript}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(transcript.contains("220 testhost ESMTP"), "{transcript}");
+        assert!(transcript.contains("250-PIPELINING"), "{transcript}");
+        assert!(
+            transcript.contains("250 2.0.0 Ok: queued as "),
+            "{transcript}"
+        );
+        assert!(transcript.contains("221 2.0.0 Bye"), "{transcript}");
+        let got = bridge.wait_for(n, std::time::Duration::from_secs(20));
+        let digest = &got[n - 1].reply;
+        assert!(digest.contains(&subject), "{digest}");
+        assert!(
+            digest.contains("\n.leading dot") && !digest.contains("..leading"),
+            "{digest}"
+        );
+    }
+    assert!(bridge.rejections().is_empty(), "{:?}", bridge.rejections());
+}
