@@ -181,7 +181,7 @@ enum State {
         size: u64,
     },
     /// Reading and dropping the octets of a refused BDAT command: they were sent anyway
-    /// (RFC 3030 §2), and reading them as commands would desynchronise the session.
+    /// (RFC 3030), and reading them as commands would desynchronise the session.
     Discard {
         /// Octets still to drop.
         remaining: u64,
@@ -525,7 +525,7 @@ impl Session {
         log::debug!("{}: command refused reason={error}", self.log_id);
         out.extend_from_slice(error.reply().as_bytes());
         // A broken BDAT inside a chunked message: its size is unknown, so the message cannot
-        // be trusted to continue where the client thinks it does (RFC 3030 §4: a failed BDAT
+        // be trusted to continue where the client thinks it does (RFC 3030: a failed BDAT
         // fails the transaction).
         if error == ParseError::BdatSyntax && matches!(self.state, State::Chunked { .. }) {
             self.enter(State::Idle, "BDAT");

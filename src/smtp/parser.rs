@@ -5,7 +5,7 @@
 //!
 //! Leniency follows Postfix's defaults for local clients: `MAIL FROM: <x>` (space after the
 //! colon), unbracketed paths such as `MAIL FROM:root`, verbs in any case, trailing blanks,
-//! and source routes (`<@a,@b:u@d>`, RFC 5321 §4.1.2) silently dropped.
+//! and source routes (`<@a,@b:u@d>`, RFC 5321 Appendix C) silently dropped.
 //!
 //! Addresses: control bytes (NUL, CR, TAB, …), unquoted spaces or angle brackets, unbalanced
 //! quotes and **invalid UTF-8** are refused (`501 5.1.7` / `501 5.1.3`); valid UTF-8 is
@@ -406,7 +406,7 @@ fn address(path: &[u8], null_allowed: bool) -> Option<String> {
     if path.is_empty() {
         return null_allowed.then(String::new);
     }
-    // A source route `@a,@b:` (RFC 5321 §4.1.2, obsolete) must be accepted and ignored.
+    // A source route `@a,@b:` (obsolete; RFC 5321 Appendix C) must be accepted and ignored.
     let path = if path[0] == b'@' {
         let colon = path.iter().position(|&b| b == b':')?;
         &path[colon + 1..]
