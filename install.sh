@@ -362,6 +362,14 @@ replace_sendmail() {
 	done
 }
 
+# Whether process $1 exists and has not exited: an exited daemon whose parent (install.sh,
+# long gone) left it to an init that does not reap stays a zombie, which kill -0 still sees.
+running() {
+	kill -0 "$1" 2>/dev/null || return 1
+	state=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)
+	[ "$state" != Z ]
+}
+
 stop_daemon() {
 	if systemd_running; then
 		for unit in smtp_bridge.service smtp_bridge.socket; do
@@ -370,12 +378,12 @@ stop_daemon() {
 	fi
 	if [ -f "$PIDFILE" ] && ! staged; then
 		pid=$(cat "$PIDFILE")
-		if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+		if [ -n "$pid" ] && running "$pid" &&
 			grep -q smtp_bridge "/proc/$pid/comm" 2>/dev/null; then
 			kill -TERM "$pid"
 			i=0
 			# The daemon lets sessions in flight finish before it exits.
-			while kill -0 "$pid" 2>/dev/null && [ $i -lt 60 ]; do
+			while running "$pid" && [ $i -lt 60 ]; do
 				sleep 1
 				i=$((i + 1))
 			done
@@ -416,7 +424,7 @@ start_daemon() {
 	"$DAEMON" --config "$CONF" </dev/null >/dev/null 2>&1 &
 	echo $! >"$PIDFILE"
 	sleep 1
-	if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+	if ! running "$(cat "$PIDFILE")"; then
 		rm -f "$PIDFILE"
 		die "the daemon exited at once; run: $DAEMON --config $CONF --loglevel debug"
 	fi

@@ -33,5 +33,6 @@ unshare --mount --net --pid --fork --mount-proc sh -c '
 	mount -t tmpfs tmpfs "$base/root/run"
 	mkdir -p "$base/root/run/lock" "$base/root$repo"
 	mount --bind "$repo" "$base/root$repo"
-	exec chroot "$base/root" sh -c "ip link set lo up 2>/dev/null || true; cd \"\$0\" && exec \"\$@\"" "$cwd" "$@"
+	# The shell stays PID 1 of the namespace (no exec), so it reaps orphaned daemons.
+	exec chroot "$base/root" sh -c "ip link set lo up 2>/dev/null || true; cd \"\$0\" && \"\$@\"" "$cwd" "$@"
 ' sh "$BASE" "$REPO" "$(pwd)" "$@"

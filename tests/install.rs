@@ -687,6 +687,8 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
     .unwrap();
     let guard = SystemInstall { wrote_config: true };
     let before = system_snapshot();
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("system test: {what} after {:?}", started.elapsed());
 
     let bins = bin_dir();
     install_ok(
@@ -734,6 +736,7 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
         status_ids(pid, "Uid:")
     );
     let done = smtp_send(port, "systest smtp");
+    step("SMTP message accepted");
 
     assert!(done.starts_with("250"), "{done:?}");
 
@@ -750,6 +753,7 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
         .write_all(b"systest body\n")
         .unwrap();
     assert!(mail.wait().unwrap().success(), "mail failed");
+    step("mail done");
 
     // What Debian's cron runs.
     let mut cron = Command::new("/usr/sbin/sendmail")
@@ -778,6 +782,7 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
     );
 
     let got = bridge.wait_for(3, Duration::from_secs(60));
+    step("three digests arrived");
     for needle in [
         "systest smtp",
         "systest subject",
@@ -796,9 +801,11 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
             .unwrap_or(false)
     }));
     let out = run(&mut Command::new("/usr/bin/newaliases"));
+    step("queue empty");
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
 
     install_ok(None, "/usr/local", &["--uninstall"]);
+    step("uninstalled");
     assert!(
         common::wait_until(Duration::from_secs(30), || !Path::new(&format!(
             "/proc/{pid}"
