@@ -215,6 +215,8 @@ for rep in $(seq "$R"); do
         shimdir=$WORK/shim.$rep
         mkdir -p "$shimdir" && chmod 755 "$shimdir"
         write_daemon_conf "$shimdir" "$("$LOADGEN" freeport)"
+        # The floor: what starting any program costs here, measured the same way.
+        record shim exec_floor "$rep" "$LOADGEN" exec --count "$SHIM_N" --input "$MSG1K" -- /bin/true
         record shim shim "$rep" env SMTP_BRIDGE_CONFIG="$DAEMON_CONF" "$LOADGEN" exec \
             --count "$SHIM_N" --input "$MSG1K" --sink "$SINK_ADDR" -- "$REL/sendmail" -t -i
     fi

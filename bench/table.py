@@ -105,7 +105,7 @@ def main():
         (f"{idle} idle connections: slowest greeting of a new client", "≤ 50 ms",
          "abs_le", 50.0, ("daemon", "idle1000", "greet_max_ms", 1), ("reference", "idle1000", "greet_max_ms", 1), 2, " ms"),
         ("`sendmail` shim, 1 KiB, bridge up: median wall per message", "≤ 5 ms",
-         "abs_le", 5.0, ("shim", "shim", "wall_p50_ms", 1), None, 2, " ms"),
+         "abs_le", 5.0, ("shim", "shim", "wall_p50_ms", 1), ("shim", "exec_floor", "wall_p50_ms", 1), 2, " ms"),
     ]
 
     lines = []
@@ -140,7 +140,8 @@ def main():
     lines.append("")
     lines.append("Reference column: Postfix's smtp-sink (accepts and discards, never fsyncs), driven by the same "
                  "load generator in the same invocation; for the end-to-end row, the bridge sink absorbing "
-                 "sequential PUTs (one connection each, as the real bridge serves them) with nothing in front.")
+                 "sequential PUTs (one connection each, as the real bridge serves them) with nothing in front; "
+                 "for the shim, `/bin/true` started the same way (the cost of starting any program here).")
     lines.append("")
 
     # What durability costs on this disk: the physical bound on accepted msg/s.

@@ -146,6 +146,36 @@ fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU seconds per thread name (`comm`) of a process, summed over threads of one name.
+/// Threads that exited in between are missing from the later sample, so this is a
+/// breakdown of where the time went, while [`proc_sample`] holds the exact total.
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].replace([' ', '/', ':', ','], "_");
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += ticks / USER_HZ;
+    }
+    out
+}
+
 fn cmd_procstat(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let pid: u32 = args.value_from_str("--pid").map_err(usage)?;
     let s = proc_sample(pid).ok_or_else(|| {
@@ -628,6 +658,7 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let counter = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let proc_before = pid.and_then(proc_sample);
+    let threads_before = pid.map(thread_cpu).unwrap_or_default();
     let start_ns = now_ns();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(sessions);
@@ -711,6 +742,17 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
             e.hwm_kb,
             e.rss_kb
         );
+        if accepted > 0 {
+            let after = pid.map(thread_cpu).unwrap_or_default();
+            let parts: Vec<String> = after
+                .iter()
+                .map(|(name, cpu)| {
+                    let before = threads_before.get(name).copied().unwrap_or(0.0);
+                    format!("{name}:{:.4}", (cpu - before) * 1000.0 / accepted as f64)
+                })
+                .collect();
+            let _ = write!(line, " server_thread_ms_per_msg={}", parts.join(","));
+        }
     }
     println!("{line}");
     Ok(())
