@@ -14,7 +14,8 @@
 #
 # Knobs (environment): R, SESSIONS (20), N_SMALL (1 KiB messages, reuse), N_NEW (1 KiB,
 # one connection each), N_LARGE (1 MiB messages), HUGE_MIB (20), IDLE (1000 connections),
-# SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md).
+# SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md),
+# DAEMON_BIN (another smtp_bridge build to measure, e.g. a candidate fix; default: this tree's).
 set -euo pipefail
 
 R=${R:-5}
@@ -39,6 +40,7 @@ say "building release binaries and bench examples"
 cargo build --release --bins --examples >&2
 
 REL=$ROOT/target/release
+DAEMON_BIN=${DAEMON_BIN:-$REL/smtp_bridge}
 LOADGEN=$REL/examples/loadgen
 SINKBIN=$REL/examples/bridge_sink
 CACHE=$ROOT/target/bench-cache
@@ -134,7 +136,7 @@ start_daemon() {
     SERVER_PORT=$("$LOADGEN" freeport)
     write_daemon_conf "$dir" "$SERVER_PORT"
     # As root the daemon binds, then drops to the configured user (nobody), as in production.
-    "$REL/smtp_bridge" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
+    "$DAEMON_BIN" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
     SERVER_PID=$!
     "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 ||
         die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
@@ -142,7 +144,7 @@ start_daemon() {
 
 daemon_ready=false
 if [[ $ONLY != reference ]]; then
-    if "$REL/smtp_bridge" --version 2>/dev/null | grep -q smtp_bridge; then
+    if "$DAEMON_BIN" --version 2>/dev/null | grep -q smtp_bridge; then
         daemon_ready=true
     else
         say "smtp_bridge is not built yet (skeleton): measuring the references only"
@@ -230,7 +232,8 @@ NPROC=$(nproc)
 KERNEL=$(uname -r)
 RUSTC=$(rustc --version)
 COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
-export NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
+DAEMON_SHA=$(sha256sum "$DAEMON_BIN" | cut -c1-12)
+export DAEMON_BIN DAEMON_SHA NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
     R SESSIONS N_SMALL N_NEW N_LARGE HUGE_MIB IDLE SINK_N SHIM_N ONLY
 say "nproc=$NPROC"
 python3 "$ROOT/bench/table.py" "$RESULTS" "$OUT"

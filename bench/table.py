@@ -115,7 +115,8 @@ def main():
                  f"a fresh server for every measure of every run)  ")
     lines.append(f"Machine: {env.get('NPROC')} cores (`nproc`), {env.get('MACHINE_CPU')}, {env.get('MACHINE_MEM')}, "
                  f"Linux {env.get('KERNEL')}; spool on {env.get('FS')}  ")
-    lines.append(f"Build: {env.get('RUSTC')}, release profile, commit {env.get('COMMIT')}; "
+    lines.append(f"Build: {env.get('RUSTC')}, release profile, commit {env.get('COMMIT')} "
+                 f"(daemon `{os.path.relpath(env.get('DAEMON_BIN', '?'), os.getcwd())}`, sha256 {env.get('DAEMON_SHA')}); "
                  f"reference: smtp-sink from Debian postfix {env.get('POSTFIX_VERSION')}  ")
     lines.append(f"Load: {sessions} sessions; {env.get('N_SMALL')} × 1 KiB (kept connections, MAIL/RCPT/DATA pipelined), "
                  f"{env.get('N_NEW')} × 1 KiB (one connection each), {env.get('N_LARGE')} × 1 MiB, "
