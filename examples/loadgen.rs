@@ -798,11 +798,17 @@ fn cmd_idle(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let mut held = Vec::with_capacity(count);
     let mut greeted = 0u64;
     let mut errors = 0u64;
+    let mut consecutive_failures = 0;
     for _ in 0..count {
+        // A server that stopped greeting is full: holding more would only add timeouts.
+        if consecutive_failures >= 3 {
+            break;
+        }
+        let before_errors = errors;
         match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
             Ok(s) => {
-                // Short: a server that cannot greet an idle client in 5 s has failed the measure.
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                // Short: a server that cannot greet an idle client in 2 s has failed the measure.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut reader = BufReader::with_capacity(512, s);
                 match read_reply(&mut reader, &mut codes) {
                     Ok(r) if r.code == 220 => greeted += 1,
@@ -823,6 +829,11 @@ fn cmd_idle(mut args: pico_args::Arguments) -> Result<(), BenchError> {
                 }
             }
         }
+        consecutive_failures = if errors > before_errors {
+            consecutive_failures + 1
+        } else {
+            0
+        };
     }
     // Let the server settle (lazy allocations, timers) before reading its RSS.
     thread::sleep(Duration::from_millis(300));
