@@ -984,6 +984,18 @@ fn cmd_wait(mut args: pico_args::Arguments) -> Result<(), BenchError> {
 
 // ---------------------------------------------------------------- fsync costs
 
+/// CPU seconds (user + system) this process has used, all threads included.
+fn self_cpu() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => 0.0,
+    }
+}
+
 fn median_ms(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -1055,7 +1067,10 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     std::fs::create_dir_all(&dir).map_err(io_err)?;
     let data = vec![b'x'; size];
     let (mut single, mut serial, mut parallel, mut syncfs) = (vec![], vec![], vec![], vec![]);
+    // CPU seconds (user + system, all threads) spent in each strategy.
+    let mut cpu = [0.0f64; 4];
     for round in 0..rounds {
+        let c0 = self_cpu();
         // One message alone: what every 250 costs without group commit.
         let t = Instant::now();
         let files = write_files(&dir, &format!("s{round}"), 1, &data).map_err(io_err)?;
@@ -1063,6 +1078,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &format!("s{round}"), &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         single.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c1 = self_cpu();
+        cpu[0] += c1 - c0;
 
         // A batch, fdatasync'd one after the other (the spool worker's way today).
         let t = Instant::now();
@@ -1074,6 +1091,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         serial.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c2 = self_cpu();
+        cpu[1] += c2 - c1;
 
         // A batch, fdatasync'd concurrently: the journal folds them into a few commits.
         let t = Instant::now();
@@ -1097,6 +1116,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         parallel.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c3 = self_cpu();
+        cpu[2] += c3 - c2;
 
         // A batch made durable by one syncfs of the spool's file system.
         let t = Instant::now();
@@ -1105,12 +1126,28 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         nix::unistd::syncfs(&files[0].0).map_err(|e| io_err(io::Error::from(e)))?;
         syncfs.push(t.elapsed().as_secs_f64() * 1000.0);
+        cpu[3] += self_cpu() - c3;
 
         for entry in std::fs::read_dir(&dir).map_err(io_err)?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    // Bulk: how fast this disk takes a large message durably (write, then one fdatasync).
+    let bulk_mib = 64usize;
+    let bulk_path = dir.join("bulk");
+    let block = vec![b'y'; 1 << 20];
+    let t = Instant::now();
+    {
+        let mut f = File::create(&bulk_path).map_err(io_err)?;
+        for _ in 0..bulk_mib {
+            f.write_all(&block).map_err(io_err)?;
+        }
+        f.sync_data().map_err(io_err)?;
+    }
+    let bulk_mib_per_s = bulk_mib as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&bulk_path);
     let _ = std::fs::remove_dir(&dir);
+    let per_msg = |c: f64, n: usize| c * 1000.0 / (rounds * n) as f64;
     let (single, serial, parallel, syncfs) = (
         median_ms(single),
         median_ms(serial),
@@ -1128,11 +1165,16 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         "label={label} cmd=fsync size={size} batch={batch} rounds={rounds} single_ms={single:.3} \
          single_bound_per_s={:.1} serial_batch_ms={serial:.3} serial_bound_per_s={:.1} \
          parallel_batch_ms={parallel:.3} parallel_bound_per_s={:.1} syncfs_batch_ms={syncfs:.3} \
-         syncfs_bound_per_s={:.1}",
+         syncfs_bound_per_s={:.1} single_cpu_ms={:.4} serial_cpu_ms={:.4} parallel_cpu_ms={:.4} \
+         syncfs_cpu_ms={:.4} bulk_mib_per_s={bulk_mib_per_s:.1}",
         rate(single, 1),
         rate(serial, batch),
         rate(parallel, batch),
-        rate(syncfs, batch)
+        rate(syncfs, batch),
+        per_msg(cpu[0], 1),
+        per_msg(cpu[1], batch),
+        per_msg(cpu[2], batch),
+        per_msg(cpu[3], batch),
     );
     Ok(())
 }
