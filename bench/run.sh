@@ -209,7 +209,7 @@ printf '\n' >>"$MSG1K"
 say "R=$R sessions=$SESSIONS n_small=$N_SMALL n_new=$N_NEW n_large=$N_LARGE huge=${HUGE_MIB}MiB idle=$IDLE"
 for rep in $(seq "$R"); do
     say "repetition $rep of $R"
-    record machine fsync "$rep" "$LOADGEN" fsync --dir "$WORK/fsync" --batch "$SESSIONS" --rounds 20
+    record machine fsync "$rep" "$LOADGEN" fsync --dir "$WORK/fsync" --batch "$SESSIONS" --rounds 50
     record sink absorb "$rep" "$SINKBIN" put --url "$SINK_URL" --count "$SINK_N"
     one_target reference "$rep"
     if $daemon_ready; then

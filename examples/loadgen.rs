@@ -996,6 +996,16 @@ fn self_cpu() -> f64 {
     }
 }
 
+/// The slowest of `v` below the top 1% (nearest rank): the tail a p99 latency meets.
+fn p99_ms(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (0.99 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 fn median_ms(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -1148,6 +1158,7 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let _ = std::fs::remove_file(&bulk_path);
     let _ = std::fs::remove_dir(&dir);
     let per_msg = |c: f64, n: usize| c * 1000.0 / (rounds * n) as f64;
+    let (parallel_p99, syncfs_p99) = (p99_ms(parallel.clone()), p99_ms(syncfs.clone()));
     let (single, serial, parallel, syncfs) = (
         median_ms(single),
         median_ms(serial),
@@ -1166,7 +1177,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
          single_bound_per_s={:.1} serial_batch_ms={serial:.3} serial_bound_per_s={:.1} \
          parallel_batch_ms={parallel:.3} parallel_bound_per_s={:.1} syncfs_batch_ms={syncfs:.3} \
          syncfs_bound_per_s={:.1} single_cpu_ms={:.4} serial_cpu_ms={:.4} parallel_cpu_ms={:.4} \
-         syncfs_cpu_ms={:.4} bulk_mib_per_s={bulk_mib_per_s:.1}",
+         syncfs_cpu_ms={:.4} bulk_mib_per_s={bulk_mib_per_s:.1} \
+         parallel_batch_p99_ms={parallel_p99:.3} syncfs_batch_p99_ms={syncfs_p99:.3}",
         rate(single, 1),
         rate(serial, batch),
         rate(parallel, batch),
