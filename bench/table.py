@@ -139,6 +139,28 @@ def main():
         ratio_s = "n/a" if ratio is None else (f"{ratio:.0%}" if kind == "ratio_ge" else f"{ratio:.2f}×")
         lines.append(f"| {name} | {target} | {cell(dm, digits, unit)} | {cell(rm, digits, unit)} | {ratio_s} | {result} |")
     lines.append("")
+    if any(r.get("target") == "candidate" for r in rows):
+        cand = env.get("CANDIDATE_BIN", "?")
+        lines.append(f"Candidate build measured in the same repetitions (`{os.path.relpath(cand, os.getcwd())}`, "
+                     f"sha256 {env.get('CANDIDATE_SHA')}): before/after on the same disk at the same moments.")
+        lines.append("")
+        lines.append("| measure | target | smtp_bridge now | with the candidate | ratio to reference | result |")
+        lines.append("|---|---|---:|---:|---:|:---:|")
+        for name, target, kind, limit, d, ref, digits, unit in spec:
+            if d[0] != "daemon":
+                continue
+            dm = med(rows, d[0], d[1], d[2], d[3])
+            cm = med(rows, "candidate", d[1], d[2], d[3])
+            rm = med(rows, ref[0], ref[1], ref[2], ref[3]) if ref else (None, None, None)
+            ratio = cm[0] / rm[0] if cm[0] is not None and rm[0] not in (None, 0.0) else None
+            result = "n/a"
+            if kind == "ratio_ge" and ratio is not None:
+                result = "pass" if ratio >= limit else "**miss**"
+            elif kind == "abs_le" and cm[0] is not None:
+                result = "pass" if cm[0] <= limit else "**miss**"
+            ratio_s = "n/a" if ratio is None else (f"{ratio:.0%}" if kind == "ratio_ge" else f"{ratio:.2f}×")
+            lines.append(f"| {name} | {target} | {cell(dm, digits, unit)} | {cell(cm, digits, unit)} | {ratio_s} | {result} |")
+        lines.append("")
     lines.append("Reference column: Postfix's smtp-sink (accepts and discards, never fsyncs), driven by the same "
                  "load generator in the same invocation; for the end-to-end row, the bridge sink absorbing "
                  "sequential PUTs (one connection each, as the real bridge serves them) with nothing in front; "
