@@ -161,6 +161,25 @@ def main():
             ratio_s = "n/a" if ratio is None else (f"{ratio:.0%}" if kind == "ratio_ge" else f"{ratio:.2f}×")
             lines.append(f"| {name} | {target} | {cell(dm, digits, unit)} | {cell(cm, digits, unit)} | {ratio_s} | {result} |")
         lines.append("")
+    # Where the daemon's CPU goes, per thread name (from /proc/PID/task/*/stat).
+    def thread_split(target):
+        per = {}
+        for r in rows:
+            if r.get("target") != target or r.get("measure") != "reuse1k" or "run_failed" in r:
+                continue
+            for part in r.get("server_thread_ms_per_msg", "").split(","):
+                if ":" in part:
+                    name, v = part.rsplit(":", 1)
+                    try:
+                        per.setdefault(name, []).append(float(v))
+                    except ValueError:
+                        pass
+        return ", ".join(f"{n} {statistics.median(v):.3f} ms" for n, v in sorted(per.items()))
+    for target, label in (("daemon", "smtp_bridge now"), ("candidate", "with the candidate")):
+        split = thread_split(target)
+        if split:
+            lines.append(f"CPU per 1 KiB message by thread, {label} (medians; `smtp_bridge` is the event loop): {split}.  ")
+    lines.append("")
     lines.append("Reference column: Postfix's smtp-sink (accepts and discards, never fsyncs), driven by the same "
                  "load generator in the same invocation; for the end-to-end row, the bridge sink absorbing "
                  "sequential PUTs (one connection each, as the real bridge serves them) with nothing in front; "
