@@ -14,7 +14,10 @@
 #
 # Knobs (environment): R, SESSIONS (20), N_SMALL (1 KiB messages, reuse), N_NEW (1 KiB,
 # one connection each), N_LARGE (1 MiB messages), HUGE_MIB (20), IDLE (1000 connections),
-# SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md).
+# SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md),
+# DAEMON_BIN (another smtp_bridge build to measure; default: this tree's), CANDIDATE_BIN (a
+# second build, e.g. with a proposed fix, measured in the same repetitions for a fair
+# before/after on a noisy machine).
 set -euo pipefail
 
 R=${R:-5}
@@ -39,6 +42,8 @@ say "building release binaries and bench examples"
 cargo build --release --bins --examples >&2
 
 REL=$ROOT/target/release
+DAEMON_BIN=${DAEMON_BIN:-$REL/smtp_bridge}
+CANDIDATE_BIN=${CANDIDATE_BIN:-}
 LOADGEN=$REL/examples/loadgen
 SINKBIN=$REL/examples/bridge_sink
 CACHE=$ROOT/target/bench-cache
@@ -134,7 +139,7 @@ start_daemon() {
     SERVER_PORT=$("$LOADGEN" freeport)
     write_daemon_conf "$dir" "$SERVER_PORT"
     # As root the daemon binds, then drops to the configured user (nobody), as in production.
-    "$REL/smtp_bridge" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
+    "$CURRENT_BIN" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
     SERVER_PID=$!
     "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 ||
         die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
@@ -142,7 +147,7 @@ start_daemon() {
 
 daemon_ready=false
 if [[ $ONLY != reference ]]; then
-    if "$REL/smtp_bridge" --version 2>/dev/null | grep -q smtp_bridge; then
+    if "$DAEMON_BIN" --version 2>/dev/null | grep -q smtp_bridge; then
         daemon_ready=true
     else
         say "smtp_bridge is not built yet (skeleton): measuring the references only"
@@ -160,11 +165,14 @@ record() { # $1 target, $2 measure, $3 rep, rest: command printing one key=value
     printf 'target=%s measure=%s rep=%s %s\n' "$target" "$measure" "$rep" "$line" | tee -a "$RESULTS" >&2
 }
 
-one_target() { # $1: reference|daemon, $2: rep
+CURRENT_BIN=$DAEMON_BIN
+one_target() { # $1: reference|daemon|candidate, $2: rep
     local t=$1 rep=$2 start sink_opt=()
     if [[ $t == reference ]]; then start=start_reference; else
         start=start_daemon
         sink_opt=(--sink "$SINK_ADDR")
+        CURRENT_BIN=$DAEMON_BIN
+        [[ $t == candidate ]] && CURRENT_BIN=$CANDIDATE_BIN
     fi
     local A="--addr" S=(--sessions "$SESSIONS")
     # Idle: peak RSS of a fresh server, then 1,000 idle sessions and the greeting of a newcomer.
@@ -207,14 +215,17 @@ printf '\n' >>"$MSG1K"
 say "R=$R sessions=$SESSIONS n_small=$N_SMALL n_new=$N_NEW n_large=$N_LARGE huge=${HUGE_MIB}MiB idle=$IDLE"
 for rep in $(seq "$R"); do
     say "repetition $rep of $R"
-    record machine fsync "$rep" "$LOADGEN" fsync --dir "$WORK/fsync" --batch "$SESSIONS" --rounds 20
+    record machine fsync "$rep" "$LOADGEN" fsync --dir "$WORK/fsync" --batch "$SESSIONS" --rounds 50
     record sink absorb "$rep" "$SINKBIN" put --url "$SINK_URL" --count "$SINK_N"
     one_target reference "$rep"
     if $daemon_ready; then
         one_target daemon "$rep"
+        [[ -n $CANDIDATE_BIN ]] && one_target candidate "$rep"
         shimdir=$WORK/shim.$rep
         mkdir -p "$shimdir" && chmod 755 "$shimdir"
         write_daemon_conf "$shimdir" "$("$LOADGEN" freeport)"
+        # The floor: what starting any program costs here, measured the same way.
+        record shim exec_floor "$rep" "$LOADGEN" exec --count "$SHIM_N" --input "$MSG1K" -- /bin/true
         record shim shim "$rep" env SMTP_BRIDGE_CONFIG="$DAEMON_CONF" "$LOADGEN" exec \
             --count "$SHIM_N" --input "$MSG1K" --sink "$SINK_ADDR" -- "$REL/sendmail" -t -i
     fi
@@ -228,7 +239,10 @@ NPROC=$(nproc)
 KERNEL=$(uname -r)
 RUSTC=$(rustc --version)
 COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
-export NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
+DAEMON_SHA=$(sha256sum "$DAEMON_BIN" | cut -c1-12)
+CANDIDATE_SHA=""
+[[ -n $CANDIDATE_BIN ]] && CANDIDATE_SHA=$(sha256sum "$CANDIDATE_BIN" | cut -c1-12)
+export DAEMON_BIN DAEMON_SHA CANDIDATE_BIN CANDIDATE_SHA NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
     R SESSIONS N_SMALL N_NEW N_LARGE HUGE_MIB IDLE SINK_N SHIM_N ONLY
 say "nproc=$NPROC"
 python3 "$ROOT/bench/table.py" "$RESULTS" "$OUT"

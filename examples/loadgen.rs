@@ -146,6 +146,36 @@ fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU seconds per thread name (`comm`) of a process, summed over threads of one name.
+/// Threads that exited in between are missing from the later sample, so this is a
+/// breakdown of where the time went, while [`proc_sample`] holds the exact total.
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].replace([' ', '/', ':', ','], "_");
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        *out.entry(name).or_insert(0.0) += ticks / USER_HZ;
+    }
+    out
+}
+
 fn cmd_procstat(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let pid: u32 = args.value_from_str("--pid").map_err(usage)?;
     let s = proc_sample(pid).ok_or_else(|| {
@@ -628,6 +658,7 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let counter = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(timeout);
     let proc_before = pid.and_then(proc_sample);
+    let threads_before = pid.map(thread_cpu).unwrap_or_default();
     let start_ns = now_ns();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(sessions);
@@ -711,6 +742,17 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
             e.hwm_kb,
             e.rss_kb
         );
+        if accepted > 0 {
+            let after = pid.map(thread_cpu).unwrap_or_default();
+            let parts: Vec<String> = after
+                .iter()
+                .map(|(name, cpu)| {
+                    let before = threads_before.get(name).copied().unwrap_or(0.0);
+                    format!("{name}:{:.4}", (cpu - before) * 1000.0 / accepted as f64)
+                })
+                .collect();
+            let _ = write!(line, " server_thread_ms_per_msg={}", parts.join(","));
+        }
     }
     println!("{line}");
     Ok(())
@@ -756,11 +798,17 @@ fn cmd_idle(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let mut held = Vec::with_capacity(count);
     let mut greeted = 0u64;
     let mut errors = 0u64;
+    let mut consecutive_failures = 0;
     for _ in 0..count {
+        // A server that stopped greeting is full: holding more would only add timeouts.
+        if consecutive_failures >= 3 {
+            break;
+        }
+        let before_errors = errors;
         match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
             Ok(s) => {
-                // Short: a server that cannot greet an idle client in 5 s has failed the measure.
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                // Short: a server that cannot greet an idle client in 2 s has failed the measure.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut reader = BufReader::with_capacity(512, s);
                 match read_reply(&mut reader, &mut codes) {
                     Ok(r) if r.code == 220 => greeted += 1,
@@ -781,6 +829,11 @@ fn cmd_idle(mut args: pico_args::Arguments) -> Result<(), BenchError> {
                 }
             }
         }
+        consecutive_failures = if errors > before_errors {
+            consecutive_failures + 1
+        } else {
+            0
+        };
     }
     // Let the server settle (lazy allocations, timers) before reading its RSS.
     thread::sleep(Duration::from_millis(300));
@@ -931,6 +984,28 @@ fn cmd_wait(mut args: pico_args::Arguments) -> Result<(), BenchError> {
 
 // ---------------------------------------------------------------- fsync costs
 
+/// CPU seconds (user + system) this process has used, all threads included.
+fn self_cpu() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => 0.0,
+    }
+}
+
+/// The slowest of `v` below the top 1% (nearest rank): the tail a p99 latency meets.
+fn p99_ms(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (0.99 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 fn median_ms(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -1002,7 +1077,10 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     std::fs::create_dir_all(&dir).map_err(io_err)?;
     let data = vec![b'x'; size];
     let (mut single, mut serial, mut parallel, mut syncfs) = (vec![], vec![], vec![], vec![]);
+    // CPU seconds (user + system, all threads) spent in each strategy.
+    let mut cpu = [0.0f64; 4];
     for round in 0..rounds {
+        let c0 = self_cpu();
         // One message alone: what every 250 costs without group commit.
         let t = Instant::now();
         let files = write_files(&dir, &format!("s{round}"), 1, &data).map_err(io_err)?;
@@ -1010,6 +1088,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &format!("s{round}"), &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         single.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c1 = self_cpu();
+        cpu[0] += c1 - c0;
 
         // A batch, fdatasync'd one after the other (the spool worker's way today).
         let t = Instant::now();
@@ -1021,6 +1101,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         serial.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c2 = self_cpu();
+        cpu[1] += c2 - c1;
 
         // A batch, fdatasync'd concurrently: the journal folds them into a few commits.
         let t = Instant::now();
@@ -1044,6 +1126,8 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         fsync_dir(&dir).map_err(io_err)?;
         parallel.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c3 = self_cpu();
+        cpu[2] += c3 - c2;
 
         // A batch made durable by one syncfs of the spool's file system.
         let t = Instant::now();
@@ -1052,12 +1136,29 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         rename_all(&dir, &tag, &files).map_err(io_err)?;
         nix::unistd::syncfs(&files[0].0).map_err(|e| io_err(io::Error::from(e)))?;
         syncfs.push(t.elapsed().as_secs_f64() * 1000.0);
+        cpu[3] += self_cpu() - c3;
 
         for entry in std::fs::read_dir(&dir).map_err(io_err)?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    // Bulk: how fast this disk takes a large message durably (write, then one fdatasync).
+    let bulk_mib = 64usize;
+    let bulk_path = dir.join("bulk");
+    let block = vec![b'y'; 1 << 20];
+    let t = Instant::now();
+    {
+        let mut f = File::create(&bulk_path).map_err(io_err)?;
+        for _ in 0..bulk_mib {
+            f.write_all(&block).map_err(io_err)?;
+        }
+        f.sync_data().map_err(io_err)?;
+    }
+    let bulk_mib_per_s = bulk_mib as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&bulk_path);
     let _ = std::fs::remove_dir(&dir);
+    let per_msg = |c: f64, n: usize| c * 1000.0 / (rounds * n) as f64;
+    let (parallel_p99, syncfs_p99) = (p99_ms(parallel.clone()), p99_ms(syncfs.clone()));
     let (single, serial, parallel, syncfs) = (
         median_ms(single),
         median_ms(serial),
@@ -1075,11 +1176,17 @@ fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         "label={label} cmd=fsync size={size} batch={batch} rounds={rounds} single_ms={single:.3} \
          single_bound_per_s={:.1} serial_batch_ms={serial:.3} serial_bound_per_s={:.1} \
          parallel_batch_ms={parallel:.3} parallel_bound_per_s={:.1} syncfs_batch_ms={syncfs:.3} \
-         syncfs_bound_per_s={:.1}",
+         syncfs_bound_per_s={:.1} single_cpu_ms={:.4} serial_cpu_ms={:.4} parallel_cpu_ms={:.4} \
+         syncfs_cpu_ms={:.4} bulk_mib_per_s={bulk_mib_per_s:.1} \
+         parallel_batch_p99_ms={parallel_p99:.3} syncfs_batch_p99_ms={syncfs_p99:.3}",
         rate(single, 1),
         rate(serial, batch),
         rate(parallel, batch),
-        rate(syncfs, batch)
+        rate(syncfs, batch),
+        per_msg(cpu[0], 1),
+        per_msg(cpu[1], batch),
+        per_msg(cpu[2], batch),
+        per_msg(cpu[3], batch),
     );
     Ok(())
 }
