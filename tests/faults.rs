@@ -17,6 +17,10 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::daemon::{simple, Daemon, Syslog, SOON};
@@ -185,4 +189,234 @@ fn bridge_resetting_mid_response() {
         &["reset", "closed", "EOF", "eof"],
         false,
     );
+}
+
+// ---- spool faults ---------------------------------------------------------------------
+
+/// Runs the shim (`sendmail -i root`) on `config` with `message` on stdin, as nobody when
+/// asked. Returns its exit code and stderr.
+fn shim(config: &Path, message: &str, as_nobody: bool) -> (Option<i32>, String) {
+    let mut cmd = Command::new(common::sendmail_bin());
+    cmd.args(["-i", "root"])
+        .env("SMTP_BRIDGE_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if as_nobody {
+        cmd.uid(NOBODY).gid(NOGROUP);
+    }
+    let mut child = cmd.spawn().expect("run sendmail");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The shim could not spool: exit 75 and exactly one line on stderr saying so.
+fn assert_tempfail(out: (Option<i32>, String)) {
+    assert_eq!(out.0, Some(75), "{}", out.1);
+    assert_eq!(out.1.lines().count(), 1, "one stderr line: {:?}", out.1);
+    assert!(
+        out.1.starts_with("sendmail: cannot queue message: "),
+        "{}",
+        out.1
+    );
+}
+
+/// Sends on an open session and insists on `452 4.3.1`.
+fn refused_452(c: &mut common::daemon::Smtp, body: &str) {
+    let (code, text) = c.message(body).expect("reply to the final dot");
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("4.3.1"), "{text}");
+}
+
+/// Every file under `queue/` and `maildrop/`: after a failed write none may be left.
+fn spool_files(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for area in ["queue", "maildrop"] {
+        if let Ok(names) = std::fs::read_dir(spool.join(area)) {
+            for n in names {
+                out.push(format!(
+                    "{area}/{}",
+                    n.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A tmpfs mounted for the test, lazily unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Appends to `path` until the file system is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let chunk = vec![0x55u8; 16 << 10];
+    let mut written = 0;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+    let _ = f.sync_all();
+    written
+}
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+
+#[test]
+fn full_file_system_answers_452_and_recovers_when_space_returns() {
+    if !common::require_root() {
+        return;
+    }
+    let dir = TestDir::new("f-full");
+    let bridge = StandInBridge::start();
+    let spool = dir.join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=755", "none"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a 2 MiB tmpfs (needs root)");
+    let _mount = Mount(spool.clone());
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2"),
+    );
+    let d = Daemon::start(&config, port);
+    send(&d, 0);
+    bridge.wait_for(1, SOON);
+
+    // Full in the middle of a message: 1 MiB with about 600 KiB free.
+    let filler = spool.join("filler");
+    let size = fill(&filler);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(size.saturating_sub(600 << 10))
+        .unwrap();
+    let mut c = d.client().unwrap();
+    let line = format!("{}\r\n", "y".repeat(78));
+    refused_452(
+        &mut c,
+        &simple("fault msg big .", &line.repeat(1 << 20 >> 7 << 1)),
+    );
+    // The partial file went away: a small message fits in what is left.
+    let (code, text) = c.message(&simple("fault msg 1 .", "small")).unwrap();
+    assert_eq!(code, 250, "{text}");
+    bridge.wait_for(2, SOON);
+
+    // Completely full: nothing fits, the session goes on, the shim says 75.
+    fill(&filler);
+    refused_452(&mut c, &simple("fault msg lost .", "small"));
+    c.expect("NOOP", 250).unwrap();
+    bridge.set_behaviour(Behaviour::Down);
+    assert_tempfail(shim(
+        &config,
+        "Subject: fault msg shim-lost .\n\nx\n",
+        false,
+    ));
+    assert_tempfail(shim(&config, "Subject: fault msg shim-lost .\n\nx\n", true));
+    assert_eq!(spool_files(&spool), Vec::<String>::new(), "leftovers");
+
+    // Space returns: the shim spools, SMTP queues, and everything goes out in order.
+    std::fs::remove_file(&filler).unwrap();
+    let out = shim(&config, "Subject: fault msg 2 .\n\nx\n", true);
+    assert_eq!(out, (Some(0), String::new()));
+    send(&d, 3);
+    bridge.set_behaviour(Behaviour::Accept);
+    bridge.wait_for(4, RECOVERY);
+    assert_eq!(delivered(&bridge), ["0", "1", "2", "3"]);
+    assert!(common::wait_until(SOON, || spool_files(&spool).is_empty()));
+    let log = d.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn spool_removed_at_run_time_answers_452_until_it_is_back() {
+    if !common::require_root() {
+        return;
+    }
+    let dir = TestDir::new("f-removed");
+    let bridge = StandInBridge::start();
+    let spool = dir.join("spool");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2"),
+    );
+    let d = Daemon::start(&config, port);
+    send(&d, 0);
+    bridge.wait_for(1, SOON);
+
+    std::fs::remove_dir_all(&spool).unwrap();
+    let mut c = d.client().unwrap();
+    refused_452(&mut c, &simple("fault msg lost .", "x"));
+    c.expect("NOOP", 250).unwrap();
+    bridge.set_behaviour(Behaviour::Down);
+    assert_tempfail(shim(&config, "Subject: fault msg shim-lost .\n\nx\n", true));
+    assert!(!spool.exists());
+
+    // What brings it back without a restart: root's sendmail prepares a missing spool for
+    // the daemon's user (as at install time), and queues its message there.
+    let out = shim(&config, "Subject: fault msg 1 .\n\nx\n", false);
+    assert_eq!(out, (Some(0), String::new()));
+    let (code, text) = c.message(&simple("fault msg 2 .", "x")).unwrap();
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(
+        shim(&config, "Subject: fault msg 3 .\n\nx\n", true),
+        (Some(0), String::new())
+    );
+    bridge.set_behaviour(Behaviour::Accept);
+    bridge.wait_for(4, RECOVERY);
+    assert_eq!(delivered(&bridge), ["0", "1", "2", "3"]);
+    spool_worker_logs_the_connection_id_not_its_slot(&d.log_lines());
+}
+
+/// Regression: the spool worker logged `conn=TOKEN` (a reused slot number) while every other
+/// line about the same connection says `conn=ID`, so its error pointed at another session.
+fn spool_worker_logs_the_connection_id_not_its_slot(log: &[String]) {
+    let conn_of = |line: &String| {
+        let at = line.find("conn=")? + 5;
+        Some(line[at..].split(' ').next()?.to_owned())
+    };
+    let worker = log
+        .iter()
+        .find(|l| l.contains("cannot create spool file"))
+        .and_then(conn_of);
+    let session = log
+        .iter()
+        .find(|l| l.contains("message not queued"))
+        .and_then(conn_of);
+    assert!(worker.is_some(), "{log:#?}");
+    assert_eq!(worker, session, "{log:#?}");
 }
