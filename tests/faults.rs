@@ -420,3 +420,53 @@ fn spool_worker_logs_the_connection_id_not_its_slot(log: &[String]) {
     assert!(worker.is_some(), "{log:#?}");
     assert_eq!(worker, session, "{log:#?}");
 }
+
+#[test]
+fn spool_made_unwritable_at_run_time_answers_452_and_recovers() {
+    if !common::require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("f-unwritable");
+    let bridge = StandInBridge::start();
+    let spool = dir.join("spool");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2"),
+    );
+    let d = Daemon::start(&config, port);
+    send(&d, 0);
+    bridge.wait_for(1, SOON);
+    // One message waits in the queue while the fault lasts; it must come out whole.
+    bridge.set_behaviour(Behaviour::Down);
+    send(&d, 1);
+    d.wait_log("delivery paused", SOON);
+
+    let mode = std::fs::metadata(&spool).unwrap().permissions().mode() & 0o7777;
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut c = d.client().unwrap();
+    refused_452(&mut c, &simple("fault msg lost .", "x"));
+    refused_452(&mut c, &simple("fault msg lost again .", "x"));
+    c.expect("NOOP", 250).unwrap();
+    assert_tempfail(shim(&config, "Subject: fault msg shim-lost .\n\nx\n", true));
+
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(mode)).unwrap();
+    let (code, text) = c.message(&simple("fault msg 2 .", "x")).unwrap();
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(
+        shim(&config, "Subject: fault msg 3 .\n\nx\n", true),
+        (Some(0), String::new())
+    );
+    // Nothing corrupt: what is queued reads whole.
+    let s = Spool::new(&spool);
+    for id in s.ids().unwrap() {
+        let (entry, raw) = s.read(&id, 1 << 20).unwrap();
+        assert_eq!(raw.len() as u64, entry.size, "{id}");
+    }
+    bridge.set_behaviour(Behaviour::Accept);
+    bridge.wait_for(4, RECOVERY);
+    assert_eq!(delivered(&bridge), ["0", "1", "2", "3"]);
+    assert!(common::wait_until(SOON, || spool_files(&spool).is_empty()));
+}
