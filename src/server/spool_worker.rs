@@ -31,8 +31,9 @@ pub(crate) enum Job {
     /// Start a spool file for a new message.
     Open {
         conn: usize,
-        /// The connection's log ID (`conn=ID`): the token is a reused slot number, so the
-        /// worker's own log lines must name the connection the way the loop's lines do.
+        /// The connection's log ID (`conn=ID`). The token is the loop's own key, counted
+        /// apart from the log ID (a refused client takes an ID but no token), so the
+        /// worker's log lines must use this to name the connection as the loop's lines do.
         log_id: u64,
         envelope: Box<Envelope>,
     },
