@@ -57,29 +57,32 @@ impl Daemon {
         syslog: Option<&Syslog>,
         setup: impl FnOnce(&mut Command),
     ) -> Result<Daemon, StartError> {
+        Daemon::try_start_at(config, port, syslog, "debug", setup)
+    }
+
+    /// [`Daemon::try_start`] with `--loglevel level`.
+    pub fn try_start_at(
+        config: &Path,
+        port: u16,
+        syslog: Option<&Syslog>,
+        level: &str,
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Daemon, StartError> {
         let mut cmd = match syslog {
             None => Command::new(super::daemon_bin()),
-            Some(log) => {
-                // No /dev/log here, so the logger tries /var/run/syslog next: in a mount
-                // namespace of its own, a fresh /run gets our socket bound there.
-                let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(
-                        "mount -t tmpfs -o size=64k,mode=755 none /run && : > /run/syslog && \
-                         mount --bind \"$SYSLOG_SOCKET\" /run/syslog && exec \"$0\" \"$@\"",
-                    )
-                    .arg(super::daemon_bin())
-                    .env("SYSLOG_SOCKET", &log.path);
-                c
-            }
+            Some(log) => log.wrap(&super::daemon_bin()),
         };
-        cmd.arg("--config")
-            .arg(config)
-            .args(["--loglevel", "debug"])
-            .stdin(Stdio::null())
+        cmd.arg("--config").arg(config).args(["--loglevel", level]);
+        setup(&mut cmd);
+        Daemon::spawn(cmd, config, port)
+    }
+
+    /// Runs `cmd` (a daemon command line, arguments included) with stderr captured, and
+    /// waits until `port` on 127.0.0.1 accepts.
+    pub fn spawn(mut cmd: Command, config: &Path, port: u16) -> Result<Daemon, StartError> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        setup(&mut cmd);
         let mut child = cmd.spawn().expect("start smtp_bridge");
         let lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -335,6 +338,21 @@ impl Syslog {
             });
         }
         Syslog { path, lines, stop }
+    }
+
+    /// A command that runs `program` in a private mount namespace where this socket is its
+    /// syslog: there is no `/dev/log` on this machine, so the logger tries `/var/run/syslog`
+    /// next, and a fresh `/run` gets our socket bound there (needs root and `unshare`).
+    pub fn wrap(&self, program: &Path) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount -t tmpfs -o size=64k,mode=755 none /run && : > /run/syslog && \
+                 mount --bind \"$SYSLOG_SOCKET\" /run/syslog && exec \"$0\" \"$@\"",
+            )
+            .arg(program)
+            .env("SYSLOG_SOCKET", &self.path);
+        c
     }
 
     /// Every datagram so far: severity (0 emergency .. 7 debug; 255 unparsable) and text.
