@@ -84,6 +84,16 @@ fn delivered(bridge: &StandInBridge) -> Vec<usize> {
         .collect()
 }
 
+/// Waits until the stand-in listens again after `Down` (it rebinds on its own thread).
+fn wait_listening(bridge: &StandInBridge) {
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(bridge.addr).is_ok()
+        }),
+        "stand-in bridge did not come back"
+    );
+}
+
 fn queued(spool: &Spool) -> Vec<QueueId> {
     spool.list().unwrap().into_iter().map(|e| e.id).collect()
 }
@@ -154,8 +164,12 @@ fn bridge_down_defers_in_order_then_recovery_delivers_each_once() {
     assert_eq!(spool.list().unwrap()[0].attempts, 1);
 
     // Errors that are not "down" are deferred the same way, the backoff growing.
-    for (behaviour, attempts) in [(Behaviour::Status(500), 2), (Behaviour::Status(404), 3)] {
+    for (behaviour, attempts, code) in [
+        (Behaviour::Status(500), 2, "500"),
+        (Behaviour::Status(404), 3, "404"),
+    ] {
         bridge.set_behaviour(behaviour);
+        wait_listening(&bridge);
         let before = SystemTime::now();
         let report = run_once(&config, true).unwrap();
         let after = SystemTime::now();
@@ -163,6 +177,8 @@ fn bridge_down_defers_in_order_then_recovery_delivers_each_once() {
         let head = &spool.list().unwrap()[0];
         assert_eq!(head.id, ids[0]);
         assert_eq!(head.attempts, attempts);
+        let error = head.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains(code), "{behaviour:?}: {error}");
         assert!(head.next_attempt >= before + backoff(attempts));
         assert!(head.next_attempt <= after + backoff(attempts) + Duration::from_micros(1));
     }
@@ -299,6 +315,7 @@ fn delivery_thread_delivers_on_nudge_and_retries_when_due() {
         spool.list().unwrap().first().map(|e| e.attempts) == Some(1)
     }));
     bridge.set_behaviour(Behaviour::Accept);
+    wait_listening(&bridge);
     bridge.wait_for(7, Duration::from_secs(30));
 
     // A reload points it at another bridge from the next pass on.
