@@ -95,6 +95,17 @@ impl StandInBridge {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// What was accepted from the `start`th digest on (for callers that keep a running
+    /// tally instead of copying everything each time).
+    pub fn received_from(&self, start: usize) -> Vec<Received> {
+        let state = self.state.lock().unwrap();
+        state
+            .received
+            .get(start..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Requests that broke the contract, with the reason the real bridge would have had.
     pub fn rejections(&self) -> Vec<String> {
         self.state.lock().unwrap().rejections.clone()
