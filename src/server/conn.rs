@@ -250,6 +250,7 @@ impl Conn {
                     self.spool_open = true;
                     jobs.submit(Job::Open {
                         conn: token,
+                        log_id: self.id,
                         envelope: Box::new(envelope),
                     });
                 }

@@ -398,6 +398,10 @@ impl Server {
 
     /// A connection was accepted: refuse it with a canned reply, or start a session.
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        // A dual-stack `[::]` socket (one handed over by systemd) reports IPv4 clients as
+        // `::ffff:a.b.c.d`. `allowed_clients` already matches them as IPv4; the log lines
+        // and the envelope must name them the same way, so grep and the digest agree.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         let refusal = if !is_allowed(&self.limits.allowed_clients, peer.ip()) {

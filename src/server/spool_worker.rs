@@ -31,6 +31,10 @@ pub(crate) enum Job {
     /// Start a spool file for a new message.
     Open {
         conn: usize,
+        /// The connection's log ID (`conn=ID`). The token is the loop's own key, counted
+        /// apart from the log ID (a refused client takes an ID but no token), so the
+        /// worker's log lines must use this to name the connection as the loop's lines do.
+        log_id: u64,
         envelope: Box<Envelope>,
     },
     /// Append message bytes to the connection's open file.
@@ -155,6 +159,7 @@ enum Slot {
         writer: SpoolWriter,
         sender: String,
         nrcpt: usize,
+        log_id: u64,
     },
     /// Something failed; later writes are dropped and the commit reports this reason.
     Failed(String),
@@ -197,15 +202,20 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>,
 
 fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, job: Job) {
     match job {
-        Job::Open { conn, envelope } => {
+        Job::Open {
+            conn,
+            log_id,
+            envelope,
+        } => {
             let slot = match spool.create(&envelope) {
                 Ok(writer) => Slot::Writing {
                     writer,
                     sender: envelope.sender.clone(),
                     nrcpt: envelope.recipients.len(),
+                    log_id,
                 },
                 Err(e) => {
-                    log::error!("conn={conn} cannot create spool file: {e}");
+                    log::error!("conn={log_id} cannot create spool file: {e}");
                     Slot::Failed(e.to_string())
                 }
             };
@@ -214,9 +224,9 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
         Job::Write { conn, data } => {
             batch.bytes += data.len();
             *batch.acks.entry(conn).or_default() += data.len();
-            if let Some(Slot::Writing { writer, .. }) = slots.get_mut(&conn) {
+            if let Some(Slot::Writing { writer, log_id, .. }) = slots.get_mut(&conn) {
                 if let Err(e) = writer.write_all(&data) {
-                    log::error!("conn={conn} cannot write spool file: {e}");
+                    log::error!("conn={log_id} cannot write spool file: {e}");
                     // Dropping the writer removes the partial file now, not at commit time,
                     // so a full disk gets its space back at once.
                     slots.insert(conn, Slot::Failed(e.to_string()));
@@ -228,6 +238,7 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
                 writer,
                 sender,
                 nrcpt,
+                log_id,
             }) => {
                 let size = writer.size();
                 match writer.commit_file() {
@@ -241,7 +252,7 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
                         },
                     )),
                     Err(e) => {
-                        log::error!("conn={conn} cannot commit spool file: {e}");
+                        log::error!("conn={log_id} cannot commit spool file: {e}");
                         batch.failed.push((conn, e.to_string()));
                     }
                 }
@@ -367,6 +378,7 @@ mod tests {
             worker
                 .send(Job::Open {
                     conn,
+                    log_id: conn as u64,
                     envelope: envelope(&format!("s{conn}@example.org"), conn),
                 })
                 .unwrap();
@@ -430,6 +442,7 @@ mod tests {
             jobs_tx
                 .send(Job::Open {
                     conn,
+                    log_id: conn as u64,
                     envelope: envelope("a@example.org", 1),
                 })
                 .unwrap();

@@ -3,6 +3,8 @@
 //! directories, a config writer, the built binaries, and tool checks that fail under CI.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,14 @@ pub enum Behaviour {
     Hang,
     /// Not listening: connections are refused.
     Down,
+    /// Listening, but every connection is closed at once, before a byte is read.
+    Refuse,
+    /// Read the request, then answer `503 Service Unavailable` one byte per second while
+    /// this lasts (the digest is not recorded): a bridge on a dying link.
+    Trickle,
+    /// Read the request, send the first bytes of a `200` answer, then reset the connection
+    /// (RST); the digest is not recorded.
+    Reset,
 }
 
 struct State {
@@ -83,6 +93,17 @@ impl StandInBridge {
     /// Everything accepted so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// What was accepted from the `start`th digest on (for callers that keep a running
+    /// tally instead of copying everything each time).
+    pub fn received_from(&self, start: usize) -> Vec<Received> {
+        let state = self.state.lock().unwrap();
+        state
+            .received
+            .get(start..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Requests that broke the contract, with the reason the real bridge would have had.
@@ -151,6 +172,10 @@ fn serve(
         match l.accept() {
             Ok((stream, _)) => {
                 requests.fetch_add(1, Ordering::SeqCst);
+                if state.lock().unwrap().behaviour == Behaviour::Refuse {
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nonblocking(false);
                 handle(stream, &state, &stop);
             }
@@ -243,7 +268,34 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             return;
         }
         Behaviour::Status(code) => return respond(&mut stream, code, "{\"error\": \"on demand\"}"),
-        Behaviour::Accept | Behaviour::Down => {}
+        Behaviour::Trickle => {
+            let answer = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+            for byte in answer {
+                if state.lock().unwrap().behaviour != Behaviour::Trickle
+                    || stop.load(Ordering::SeqCst)
+                    || stream.write_all(&[*byte]).is_err()
+                {
+                    return;
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+            return;
+        }
+        Behaviour::Reset => {
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Le");
+            let _ = stream.flush();
+            // SO_LINGER 0: close sends RST instead of FIN.
+            let _ = nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
+            return;
+        }
+        Behaviour::Accept | Behaviour::Down | Behaviour::Refuse => {}
     }
     if path != "/replies" {
         return reject(&mut stream, 404, format!("path {path} is not /replies"));
