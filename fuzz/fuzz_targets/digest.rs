@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let digest = Digest::build(data, data.len() as u64, &envelope, &opts);
     assert!(digest.bytes_parsed <= MAX_PARSE_BYTES as u64);
-    assert!(digest.body.chars().count() <= MAX_BODY_CHARS, "body over the cap");
+    assert!(
+        digest.body.chars().count() <= MAX_BODY_CHARS,
+        "body over the cap"
+    );
     let rendered = digest.render();
     assert!(rendered.starts_with("Subject: "), "{rendered:?}");
     assert!(

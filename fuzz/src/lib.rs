@@ -138,9 +138,16 @@ pub fn drive<'c>(config: SessionConfig, chunks: impl IntoIterator<Item = &'c [u8
                     assert!(!session.in_message(), "in_message after MessageEnd");
                     let before = t.output.len();
                     let (waited, event) = session.feed(&chunk[pos..], &mut t.output);
-                    assert_eq!((waited, event), (0, Event::Waiting), "input taken while waiting");
+                    assert_eq!(
+                        (waited, event),
+                        (0, Event::Waiting),
+                        "input taken while waiting"
+                    );
                     assert_eq!(t.output.len(), before, "reply written while waiting");
-                    let failing = message.data.windows(FAIL_MARKER.len()).any(|w| w == FAIL_MARKER);
+                    let failing = message
+                        .data
+                        .windows(FAIL_MARKER.len())
+                        .any(|w| w == FAIL_MARKER);
                     if failing {
                         session.committed(Err("disk full"), &mut t.output);
                         message.outcome = Outcome::CommitFailed;
@@ -182,8 +189,15 @@ pub fn check_replies(output: &[u8], input: &[u8]) {
             continue;
         }
         let line = line.strip_suffix(b"\r").expect("reply line without CRLF");
-        assert!(line.len() >= 4, "short reply line {:?}", String::from_utf8_lossy(line));
-        assert!(line.len() <= 512, "reply line over 512 bytes (RFC 5321 4.5.3.1.5)");
+        assert!(
+            line.len() >= 4,
+            "short reply line {:?}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(
+            line.len() <= 512,
+            "reply line over 512 bytes (RFC 5321 4.5.3.1.5)"
+        );
         assert!(line[..3].iter().all(u8::is_ascii_digit), "bad reply code");
         assert!(
             line.iter().all(|&b| (0x20..0x7f).contains(&b)),
@@ -209,6 +223,7 @@ pub fn check_replies(output: &[u8], input: &[u8]) {
 
 /// Tokens of the SMTP alphabet: one input byte picks one token, so that short inputs make
 /// whole command sequences (the approach of smtp-proto's fuzzer).
+#[rustfmt::skip]
 pub const ALPHABET: &[&[u8]] = &[
     b"HELO ", b"EHLO ", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"BDAT ", b" LAST", b"RSET",
     b"NOOP", b"QUIT", b"VRFY ", b"EXPN ", b"HELP", b"STARTTLS", b"AUTH PLAIN", b"<", b">",
@@ -237,7 +252,9 @@ pub fn split<'i>(input: &'i [u8], seed: &[u8]) -> Vec<&'i [u8]> {
     let mut pos = 0;
     let mut i = 0;
     while pos < input.len() {
-        let len = seed.get(i % seed.len().max(1)).map_or(1, |&b| b as usize + 1);
+        let len = seed
+            .get(i % seed.len().max(1))
+            .map_or(1, |&b| b as usize + 1);
         let end = (pos + len).min(input.len());
         chunks.push(&input[pos..end]);
         pos = end;
