@@ -365,7 +365,7 @@ fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
         }
     };
     println!(
-        "label={label} cmd=put count={count} body_bytes={} ok={ok} failed={failed} \
+        "label={label} cmd=put count={count} body_bytes={} ok={ok} errors={failed} \
          elapsed_s={elapsed:.4} puts_per_s={:.1} p50_ms={:.3} p99_ms={:.3}",
         body.len(),
         if elapsed > 0.0 {

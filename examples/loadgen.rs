@@ -18,6 +18,10 @@
 //!   then time how long new clients wait for their greeting.
 //! - `exec`: run a command `--count N` times with a file on stdin (the `sendmail` shim) and
 //!   report the median wall time.
+//! - `fsync --dir D`: time what durability costs on the file system holding `D`: one
+//!   message file (write, fdatasync, rename, directory fsync) alone, and batches of
+//!   `--batch B` files made durable by serial fdatasyncs, by parallel fdatasyncs, or by one
+//!   syncfs, each followed by one directory fsync (the group-commit designs).
 //! - `freeport`: print a loopback port that was free a moment ago.
 //! - `wait`: wait until a server at `--addr` greets with 220 (bounded by `--timeout`).
 //! - `procstat`: print a process's CPU time and peak RSS.
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         "idle" => cmd_idle(args),
         "exec" => cmd_exec(args),
         "freeport" => cmd_freeport(),
+        "fsync" => cmd_fsync(args),
         "wait" => cmd_wait(args),
         "procstat" => cmd_procstat(args),
         _ => Err(BenchError::Usage(
@@ -595,6 +600,10 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         .opt_value_from_str("--label")
         .map_err(usage)?
         .unwrap_or("-".into());
+    let deliver_timeout: u64 = args
+        .opt_value_from_str("--deliver-timeout")
+        .map_err(usage)?
+        .unwrap_or(60);
     let reuse = match mode.as_str() {
         "reuse" => true,
         "new" => false,
@@ -669,7 +678,8 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     if let (Some(addr), Some(before)) = (sink, sink_before) {
         let want = before.count + accepted;
         let mut st = before;
-        while st.count < want && Instant::now() < deadline {
+        let deliver_deadline = Instant::now() + Duration::from_secs(deliver_timeout);
+        while st.count < want && Instant::now() < deliver_deadline {
             thread::sleep(Duration::from_millis(20));
             st = sink_stats(addr).map_err(|e| BenchError::Io("bridge sink".into(), e))?;
         }
@@ -917,4 +927,159 @@ fn cmd_wait(mut args: pico_args::Arguments) -> Result<(), BenchError> {
         format!("no 220 from {addr} within {timeout} s"),
         io::Error::new(io::ErrorKind::TimedOut, why),
     ))
+}
+
+// ---------------------------------------------------------------- fsync costs
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn fsync_dir(dir: &std::path::Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `count` temporary files of `size` bytes in `dir`, unsynced.
+fn write_files(
+    dir: &std::path::Path,
+    tag: &str,
+    count: usize,
+    data: &[u8],
+) -> io::Result<Vec<(File, std::path::PathBuf)>> {
+    let mut files = Vec::with_capacity(count);
+    for i in 0..count {
+        let path = dir.join(format!("tmp.{tag}.{i}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(data)?;
+        files.push((f, path));
+    }
+    Ok(files)
+}
+
+fn rename_all(
+    dir: &std::path::Path,
+    tag: &str,
+    files: &[(File, std::path::PathBuf)],
+) -> io::Result<()> {
+    for (i, (_, path)) in files.iter().enumerate() {
+        std::fs::rename(path, dir.join(format!("q.{tag}.{i}")))?;
+    }
+    Ok(())
+}
+
+fn cmd_fsync(mut args: pico_args::Arguments) -> Result<(), BenchError> {
+    let dir: String = args.value_from_str("--dir").map_err(usage)?;
+    let rounds: usize = args
+        .opt_value_from_str("--rounds")
+        .map_err(usage)?
+        .unwrap_or(20);
+    let batch: usize = args
+        .opt_value_from_str("--batch")
+        .map_err(usage)?
+        .unwrap_or(20);
+    let size: usize = args
+        .opt_value_from_str("--size")
+        .map_err(usage)?
+        .unwrap_or(1024);
+    let label: String = args
+        .opt_value_from_str("--label")
+        .map_err(usage)?
+        .unwrap_or("-".into());
+    if rounds == 0 || rounds > 1000 || batch == 0 || batch > 256 || size > 1 << 20 {
+        return Err(BenchError::Usage(
+            "--rounds 1..=1000 --batch 1..=256 --size <= 1 MiB".into(),
+        ));
+    }
+    let dir = std::path::PathBuf::from(dir);
+    let io_err = |e: io::Error| BenchError::Io(format!("fsync test in {}", dir.display()), e);
+    std::fs::create_dir_all(&dir).map_err(io_err)?;
+    let data = vec![b'x'; size];
+    let (mut single, mut serial, mut parallel, mut syncfs) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        // One message alone: what every 250 costs without group commit.
+        let t = Instant::now();
+        let files = write_files(&dir, &format!("s{round}"), 1, &data).map_err(io_err)?;
+        files[0].0.sync_data().map_err(io_err)?;
+        rename_all(&dir, &format!("s{round}"), &files).map_err(io_err)?;
+        fsync_dir(&dir).map_err(io_err)?;
+        single.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        // A batch, fdatasync'd one after the other (the spool worker's way today).
+        let t = Instant::now();
+        let tag = format!("a{round}");
+        let files = write_files(&dir, &tag, batch, &data).map_err(io_err)?;
+        for (f, _) in &files {
+            f.sync_data().map_err(io_err)?;
+        }
+        rename_all(&dir, &tag, &files).map_err(io_err)?;
+        fsync_dir(&dir).map_err(io_err)?;
+        serial.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        // A batch, fdatasync'd concurrently: the journal folds them into a few commits.
+        let t = Instant::now();
+        let tag = format!("b{round}");
+        let files = write_files(&dir, &tag, batch, &data).map_err(io_err)?;
+        let results: Vec<io::Result<()>> = thread::scope(|s| {
+            let hs: Vec<_> = files
+                .iter()
+                .map(|(f, _)| s.spawn(move || f.sync_data()))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            r.map_err(io_err)?;
+        }
+        rename_all(&dir, &tag, &files).map_err(io_err)?;
+        fsync_dir(&dir).map_err(io_err)?;
+        parallel.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        // A batch made durable by one syncfs of the spool's file system.
+        let t = Instant::now();
+        let tag = format!("c{round}");
+        let files = write_files(&dir, &tag, batch, &data).map_err(io_err)?;
+        rename_all(&dir, &tag, &files).map_err(io_err)?;
+        nix::unistd::syncfs(&files[0].0).map_err(|e| io_err(io::Error::from(e)))?;
+        syncfs.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        for entry in std::fs::read_dir(&dir).map_err(io_err)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let (single, serial, parallel, syncfs) = (
+        median_ms(single),
+        median_ms(serial),
+        median_ms(parallel),
+        median_ms(syncfs),
+    );
+    let rate = |ms: f64, n: usize| {
+        if ms > 0.0 {
+            n as f64 * 1000.0 / ms
+        } else {
+            0.0
+        }
+    };
+    println!(
+        "label={label} cmd=fsync size={size} batch={batch} rounds={rounds} single_ms={single:.3} \
+         single_bound_per_s={:.1} serial_batch_ms={serial:.3} serial_bound_per_s={:.1} \
+         parallel_batch_ms={parallel:.3} parallel_bound_per_s={:.1} syncfs_batch_ms={syncfs:.3} \
+         syncfs_bound_per_s={:.1}",
+        rate(single, 1),
+        rate(serial, batch),
+        rate(parallel, batch),
+        rate(syncfs, batch)
+    );
+    Ok(())
 }

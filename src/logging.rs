@@ -18,7 +18,7 @@
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,17 +31,40 @@ pub const MAX_LINE: usize = 4000;
 /// How often a lost syslog connection is tried again; lines in between go to stderr.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What goes to stderr besides syslog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// Every line (the daemon in the foreground, tests).
+    Always,
+    /// Lines that cannot reach syslog: warnings and errors, and every line when stderr is a
+    /// terminal (see the module documentation).
+    Fallback,
+    /// Nothing, ever: for the `sendmail` shim, whose callers treat any text on stderr as a
+    /// failure (Symfony) or mail it to root (cron). Lines syslog cannot take are dropped.
+    Never,
+}
+
 /// Installs the global logger. `ident` is the syslog tag (`smtp_bridge` for the daemon,
 /// `sendmail` for the shim). With `stderr_too`, lines also go to stderr (the daemon in the
-/// foreground with `--loglevel debug`, tests). Safe to call more than once: later calls only
-/// change the level.
+/// foreground with `--loglevel debug`, tests); without it, stderr is only the fallback
+/// ([`Stderr::Fallback`]). Safe to call more than once: later calls only change the level.
 pub fn init(ident: &str, level: LogLevel, stderr_too: bool) {
+    let stderr = if stderr_too {
+        Stderr::Always
+    } else {
+        Stderr::Fallback
+    };
+    init_with(ident, level, stderr);
+}
+
+/// [`init`] with full control over stderr. Like `init`, later calls only change the level.
+pub fn init_with(ident: &str, level: LogLevel, stderr: Stderr) {
     let mut created = false;
     let logger = LOGGER.get_or_init(|| {
         created = true;
         MailLog {
             level: AtomicU8::new(encode(level)),
-            stderr_too: AtomicBool::new(stderr_too),
+            stderr,
             stderr_is_terminal: io::stderr().is_terminal(),
             syslog: Mutex::new(SyslogSink::new(ident, None, RECONNECT_INTERVAL)),
         }
@@ -86,7 +109,7 @@ fn decode(n: u8) -> LogLevel {
 struct MailLog {
     /// The [`LogLevel`], encoded, so a reload needs no lock.
     level: AtomicU8,
-    stderr_too: AtomicBool,
+    stderr: Stderr,
     stderr_is_terminal: bool,
     syslog: Mutex<SyslogSink>,
 }
@@ -115,9 +138,8 @@ impl log::Log for MailLog {
         // invariant a half-finished send could break.
         let mut sink = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
         let sent = sink.send(record.level(), &line);
-        if self.stderr_too.load(Ordering::Relaxed)
-            || (!sent && fallback_to_stderr(record.level(), self.stderr_is_terminal))
-        {
+        let to_stderr = wants_stderr(self.stderr, sent, record.level(), self.stderr_is_terminal);
+        if to_stderr {
             sink.write_stderr(&line);
         }
     }
@@ -127,9 +149,14 @@ impl log::Log for MailLog {
     }
 }
 
-/// Whether a line that did not reach syslog is written to stderr instead.
-fn fallback_to_stderr(level: log::Level, stderr_is_terminal: bool) -> bool {
-    level <= log::Level::Warn || stderr_is_terminal
+/// Whether a line goes to stderr, given the mode, whether syslog took it, its level, and
+/// whether stderr is a terminal.
+fn wants_stderr(mode: Stderr, sent: bool, level: log::Level, stderr_is_terminal: bool) -> bool {
+    match mode {
+        Stderr::Always => true,
+        Stderr::Fallback => !sent && (level <= log::Level::Warn || stderr_is_terminal),
+        Stderr::Never => false,
+    }
 }
 
 /// The text of one line: the Postfix-style severity prefix, then the message made safe.
@@ -342,17 +369,29 @@ mod tests {
     }
 
     #[test]
-    fn stderr_fallback_rule() {
+    fn stderr_rules() {
+        use log::Level::{Debug, Error, Info, Warn};
+        use Stderr::{Always, Fallback, Never};
+        // (mode, reached syslog, level, stderr is a terminal, written to stderr)
         let table = [
-            (log::Level::Error, false, true),
-            (log::Level::Warn, false, true),
-            (log::Level::Info, false, false),
-            (log::Level::Debug, false, false),
-            (log::Level::Info, true, true),
-            (log::Level::Debug, true, true),
+            (Always, true, Info, false, true),
+            (Always, false, Debug, false, true),
+            (Fallback, true, Error, true, false),
+            (Fallback, false, Error, false, true),
+            (Fallback, false, Warn, false, true),
+            (Fallback, false, Info, false, false),
+            (Fallback, false, Debug, false, false),
+            (Fallback, false, Info, true, true),
+            (Fallback, false, Debug, true, true),
+            (Never, false, Error, true, false),
+            (Never, false, Error, false, false),
         ];
-        for (level, tty, want) in table {
-            assert_eq!(fallback_to_stderr(level, tty), want, "{level} tty={tty}");
+        for (mode, sent, level, tty, want) in table {
+            assert_eq!(
+                wants_stderr(mode, sent, level, tty),
+                want,
+                "{mode:?} sent={sent} {level} tty={tty}"
+            );
         }
     }
 

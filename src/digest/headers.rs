@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use mail_parser::{Addr, Address, HeaderName, Message};
 
-use super::text::one_line;
+use super::text::{decode_legacy, one_line};
 use crate::envelope::{Envelope, Origin};
 
 /// Longest single address shown (`Name <addr>`), in characters.
@@ -107,18 +107,34 @@ pub fn date(msg: &Message<'_>) -> Option<String> {
     (!shown.is_empty()).then_some(shown)
 }
 
+/// A Subject written in raw 8-bit Latin-1 (no RFC 2047 encoded words), which mail-parser
+/// reads as UTF-8 with replacement characters, decoded as Windows-1252 instead.
+pub fn legacy_subject(msg: &Message<'_>, decoded: &str) -> Option<String> {
+    if !decoded.contains('\u{fffd}') {
+        return None;
+    }
+    let raw = raw_header_bytes(msg, "Subject")?;
+    if raw.windows(2).any(|w| w == b"=?") {
+        return None;
+    }
+    decode_legacy(raw)
+}
+
 /// The undecoded text of the first header called `name` in the top-level header block,
 /// read with bounds checks (the parser's own accessor indexes without them).
 pub fn raw_header(msg: &Message<'_>, name: &str) -> Option<String> {
+    raw_header_bytes(msg, name).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// The undecoded bytes of the first header called `name` in the top-level header block.
+fn raw_header_bytes<'a>(msg: &'a Message<'_>, name: &str) -> Option<&'a [u8]> {
     let root = msg.parts.first()?;
     let h = root
         .headers
         .iter()
         .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
-    let bytes = msg
-        .raw_message
-        .get(h.offset_start as usize..h.offset_end as usize)?;
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    msg.raw_message
+        .get(h.offset_start as usize..h.offset_end as usize)
 }
 
 /// A From for a message that has none, and the note saying where it came from.

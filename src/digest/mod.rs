@@ -143,7 +143,25 @@ impl Digest {
         digest
     }
 
-    /// The text sent to the bridge as `reply`.
+    /// The text sent to the bridge as `reply`: the header lines, how the message came and
+    /// what the envelope adds, a blank line, the body (or `(no text in this message)`) with
+    /// the "not shown" and "only the first … were read" lines, then the attachments:
+    ///
+    /// ```text
+    /// Subject: Cron <root@box> backup
+    /// From: Cron Daemon <root>
+    /// To: root
+    /// Date: Tue, 24 Nov 2026 14:16:26 +0000 (not in message; arrival time)
+    /// Arrived via sendmail, uid 0 (root)
+    ///
+    /// backup finished in 42s
+    ///
+    /// Attachments (1):
+    /// - report.pdf (application/pdf, 12.3 KiB)
+    /// ```
+    ///
+    /// Its length is bounded: the body by `max_body_chars`, every other line by the caps
+    /// on header values, addresses and attachments.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(self.body.len() + 1024);
         let subject = if self.subject.is_empty() {
@@ -274,7 +292,8 @@ fn from_message(
 ) -> Digest {
     let subject = msg
         .subject()
-        .map(|s| one_line(s, headers::SUBJECT_MAX))
+        .map(|s| headers::legacy_subject(msg, s).unwrap_or_else(|| s.to_string()))
+        .map(|s| one_line(&s, headers::SUBJECT_MAX))
         .unwrap_or_default();
 
     let header_from = msg

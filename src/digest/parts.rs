@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
-use super::text::{lenient_base64, one_line, tidy};
+use super::text::{decode_legacy, lenient_base64, one_line, tidy};
 use super::Attachment;
 use super::{guard, html};
 
@@ -135,7 +135,7 @@ fn collect(msg: &Message<'_>, ids: impl Iterator<Item = u32>, body: &mut Body) {
         let Some(part) = msg.parts.get(id as usize) else {
             continue;
         };
-        let Some(text) = part_text(part) else {
+        let Some(text) = part_text(msg, part) else {
             continue;
         };
         body.used.insert(id);
@@ -150,7 +150,7 @@ fn collect(msg: &Message<'_>, ids: impl Iterator<Item = u32>, body: &mut Body) {
 }
 
 /// The tidied text of one text or HTML part; `None` for parts that hold no text.
-fn part_text(part: &MessagePart<'_>) -> Option<String> {
+fn part_text(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<String> {
     let (raw, is_html) = match &part.body {
         PartType::Text(t) => (t.as_ref(), false),
         PartType::Html(h) => (h.as_ref(), true),
@@ -163,6 +163,9 @@ fn part_text(part: &MessagePart<'_>) -> Option<String> {
         // decode what is there so the reader sees words, not base64.
         repaired = decode_repaired(part, &lenient_base64(raw.as_bytes()));
         repaired.as_str()
+    } else if let Some(legacy) = undeclared_legacy(msg, part, raw) {
+        repaired = legacy;
+        repaired.as_str()
     } else {
         raw
     };
@@ -171,6 +174,22 @@ fn part_text(part: &MessagePart<'_>) -> Option<String> {
     } else {
         tidy(raw)
     })
+}
+
+/// The text of an unencoded 8-bit part that declares no charset and is not UTF-8 (old
+/// mailers and scripts writing Latin-1), decoded as Windows-1252 instead of showing
+/// replacement characters; `None` when that does not apply.
+fn undeclared_legacy(msg: &Message<'_>, part: &MessagePart<'_>, decoded: &str) -> Option<String> {
+    let declared = part
+        .content_type()
+        .is_some_and(|ct| ct.attribute("charset").is_some());
+    if declared || part.encoding != Encoding::None || !decoded.contains('\u{fffd}') {
+        return None;
+    }
+    let bytes = msg
+        .raw_message
+        .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?;
+    decode_legacy(bytes)
 }
 
 /// Whether the part's Content-Transfer-Encoding header says base64 (mail-parser resets

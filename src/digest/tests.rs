@@ -96,6 +96,14 @@ Content-Transfer-Encoding: quoted-printable\n\nCaf=E9 cr=E8me, soft=\n break\n";
 }
 
 #[test]
+fn undeclared_latin1_is_read_as_windows_1252() {
+    let raw = b"From: old@example.de\nSubject: Gr\xfc\xdfe vom Server\n\nAlles in Ordnung, 20 \x80 gespart.\n";
+    let d = digest(raw);
+    assert_eq!(d.subject, "Grüße vom Server");
+    assert_eq!(d.body, "Alles in Ordnung, 20 € gespart.");
+}
+
+#[test]
 fn iso_2022_jp_subject_and_body() {
     let mut raw = b"From: tanaka@example.jp\nSubject: =?ISO-2022-JP?B?GyRCN29MPiVGJTklSBsoQg==?=\n\
 Content-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n\n"

@@ -147,6 +147,21 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Decodes bytes that are not UTF-8 and hold no UTF-8 sequence at all as Windows-1252 (the
+/// superset of Latin-1 that undeclared 8-bit mail nearly always is); `None` for valid UTF-8
+/// or for bytes that are partly UTF-8, where a lossy UTF-8 reading keeps more.
+pub fn decode_legacy(bytes: &[u8]) -> Option<String> {
+    if std::str::from_utf8(bytes).is_ok() {
+        return None;
+    }
+    let lossy = String::from_utf8_lossy(bytes);
+    if lossy.chars().any(|c| !c.is_ascii() && c != '\u{fffd}') {
+        return None;
+    }
+    let decode = mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252")?;
+    Some(decode(bytes))
+}
+
 /// Decodes base64 leniently, for parts whose base64 the parser rejected (usually because the
 /// message was cut short): characters outside the alphabet are skipped, decoding stops at
 /// padding, and a trailing partial group yields the whole bytes it holds.
@@ -270,6 +285,19 @@ mod tests {
         ];
         for (bytes, want) in cases {
             assert_eq!(human_size(*bytes), *want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn legacy_decoding() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"Gr\xfc\xdfe \x80 5", Some("Grüße € 5")),
+            (b"plain ascii", None),
+            ("schon UTF-8: ä".as_bytes(), None),
+            (b"mixed \xc3\xa4 and \xfc", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(decode_legacy(input).as_deref(), *want, "{input:?}");
         }
     }
 
