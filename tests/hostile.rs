@@ -267,7 +267,7 @@ fn thousand_idle_connections_and_byte_at_a_time_senders_do_not_stop_others() {
     const IDLE: usize = 1000;
     const SLOW_SENDERS: usize = 4;
     const NORMAL: usize = 10;
-    raise_nofile(4096);
+    raise_nofile(2048);
     let bridge = StandInBridge::start();
     let dir = TestDir::new("hostile-idle");
     let mut d = Daemon::start(&dir, &bridge, "max_connections = 1100\nidle_timeout = 300");
