@@ -83,6 +83,25 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
 
+    /// CPU time (user + system) the daemon used so far, for the figures (never asserted).
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and
+        // 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+
     /// Open file descriptors of the daemon.
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
@@ -93,7 +112,10 @@ impl Daemon {
     /// Checks the peak memory bound and returns the peak (KiB) for the figures.
     fn assert_memory_bounded(&self, what: &str) -> u64 {
         let hwm = self.status_kib("VmHWM");
-        eprintln!("hostile: {what}: daemon VmHWM {hwm} KiB");
+        eprintln!(
+            "hostile: {what}: daemon VmHWM {hwm} KiB, CPU {:.2} s",
+            self.cpu_seconds()
+        );
         assert!(
             hwm < MEMORY_BOUND_KIB,
             "{what}: daemon peak RSS {hwm} KiB, bound {MEMORY_BOUND_KIB} KiB"
