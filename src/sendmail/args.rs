@@ -80,7 +80,9 @@ impl fmt::Display for ArgsError {
         match self {
             ArgsError::MissingValue(c) => write!(f, "option requires an argument -- '{c}'"),
             ArgsError::MissingConfigPath => f.write_str("option --config requires a path"),
-            ArgsError::Unsupported(opt) => write!(f, "{opt}: unsupported mode"),
+            // The option is the caller's text and this line goes to a terminal, a cron
+            // mail or a log: control characters are shown escaped, never acted on.
+            ArgsError::Unsupported(opt) => write!(f, "{}: unsupported mode", opt.escape_debug()),
             ArgsError::ExtractOutsideDelivery => {
                 f.write_str("-t can be used only in delivery mode")
             }

@@ -60,6 +60,10 @@ impl Intake {
     /// were consumed: all of them, unless the terminating dot line ended the message, after
     /// which nothing more is consumed.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        // Checked before the loop: otherwise a call after the end would take one byte.
+        if self.state == State::Ended {
+            return 0;
+        }
         for (i, &byte) in input.iter().enumerate() {
             self.byte(byte, out);
             if self.state == State::Ended {
