@@ -2,14 +2,22 @@
 //! fsync ever blocks the loop.
 //!
 //! Jobs arrive over a channel in the order each connection produced them (open, writes,
-//! commit or abort). The worker handles every job that is ready, then makes all the commits of
-//! that batch durable: their files are fdatasync'd in parallel by a small pool of persistent
-//! threads (the device takes concurrent syncs together; one after another they cost a sync
-//! each), renamed into `queue/` in the order the commits arrived (so queue IDs keep that
-//! order), and the directory is fsync'd once (group commit: twenty sessions finishing DATA
-//! together share one `sync_dir`). Only then are the results sent back and the loop woken
-//! through its [`mio::Waker`]: a `250` always follows both fsyncs. Write acknowledgements
-//! travel the same way and release the per-connection backpressure in the loop.
+//! commit or abort). Two threads share the work, so that writing never waits behind an fsync:
+//!
+//! - The worker (`spool`) handles every job that is ready: it creates and writes the files and
+//!   acknowledges the written bytes at once (flow control only: the per-connection
+//!   backpressure in the loop), then hands the batch's commits to the syncer and goes on
+//!   writing other sessions' data while they are made durable.
+//! - The syncer (`spool-sync`) takes every batch of commits queued, has their files
+//!   fdatasync'd in parallel by a small pool of persistent threads (`spool-fsync`: the device
+//!   takes concurrent syncs together; one after another they cost a sync each), renames them
+//!   into `queue/` in the order the commits arrived (so queue IDs keep that order), fsyncs the
+//!   directory once (group commit: twenty sessions finishing DATA together share one
+//!   `sync_dir`), and only then sends the results and wakes the loop through its
+//!   [`mio::Waker`]: a `250` always follows both fsyncs.
+//!
+//! Memory stays bounded: a connection has at most one commit in flight, so the syncer never
+//! holds more pending files than there are connections.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -195,13 +203,36 @@ struct Batch {
 }
 
 fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, stats: &Stats) {
-    let pool = SyncPool::start(SYNC_THREADS);
+    let (commits_tx, commits_rx) = mpsc::channel::<Vec<Commit>>();
+    thread::scope(|scope| {
+        let started = thread::Builder::new()
+            .name("spool-sync".to_owned())
+            .spawn_scoped(scope, {
+                let (spool, done, waker) = (&spool, done.clone(), waker.clone());
+                move || syncer(spool, &commits_rx, &done, &waker, stats)
+            });
+        match started {
+            Ok(_) => write_loop(&spool, &jobs, commits_tx, &done, &waker),
+            // The worker ends at once; the loop answers 452 to anyone waiting on it.
+            Err(e) => log::error!("cannot start the spool sync thread: {e}"),
+        }
+    });
+}
+
+/// The worker's own loop: writes, acknowledges, and hands commits to the syncer.
+fn write_loop(
+    spool: &Spool,
+    jobs: &Receiver<Job>,
+    commits: Sender<Vec<Commit>>,
+    done: &Sender<Done>,
+    waker: &Waker,
+) {
     let mut slots: HashMap<usize, Slot> = HashMap::new();
     while let Ok(first) = jobs.recv() {
         let mut batch = Batch::default();
         let mut next = Some(first);
         while let Some(job) = next {
-            handle(&spool, &mut slots, &mut batch, job);
+            handle(spool, &mut slots, &mut batch, job);
             if batch.bytes >= BATCH_BYTES {
                 break;
             }
@@ -210,16 +241,53 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>,
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
             };
         }
-        let outcomes = commit_all(&pool, std::mem::take(&mut batch.commits));
-        if !finish(&spool, batch.acks, outcomes, &done, stats) {
+        // Written, not durable: these only release backpressure, so they go at once. Every
+        // one precedes the commit it belongs to, which the syncer answers later.
+        if !batch.acks.is_empty() {
+            if !batch
+                .acks
+                .into_iter()
+                .all(|(conn, bytes)| done.send(Done::Written { conn, bytes }).is_ok())
+            {
+                break;
+            }
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop: {e}");
+            }
+        }
+        if !batch.commits.is_empty() && commits.send(batch.commits).is_err() {
+            // The syncer stopped because the loop is gone.
+            break;
+        }
+    }
+    // The loop is gone: dropping the writers removes their temporary files. Dropping
+    // `commits` lets the syncer finish what it was given and stop.
+    slots.clear();
+}
+
+/// The syncer: makes every batch of commits queued durable as one group, reports and wakes
+/// the loop, until the worker closes the channel or the loop is gone.
+fn syncer(
+    spool: &Spool,
+    commits: &Receiver<Vec<Commit>>,
+    done: &Sender<Done>,
+    waker: &Waker,
+    stats: &Stats,
+) {
+    let pool = SyncPool::start(SYNC_THREADS);
+    while let Ok(mut group) = commits.recv() {
+        // Batches that queued up while the last group was syncing share the next sync.
+        while let Ok(more) = commits.try_recv() {
+            group.extend(more);
+        }
+        let outcomes = commit_all(&pool, group);
+        if !finish(spool, outcomes, done, stats) {
             break;
         }
         if let Err(e) = waker.wake() {
             log::error!("cannot wake the event loop: {e}");
         }
     }
-    // The loop is gone: dropping the writers removes their temporary files.
-    slots.clear();
 }
 
 fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, job: Job) {
@@ -463,7 +531,6 @@ fn commit_all(pool: &SyncPool, commits: Vec<Commit>) -> Vec<(usize, Result<Commi
 /// connection's results in the order it asked. Returns false when the loop is gone.
 fn finish(
     spool: &Spool,
-    acks: HashMap<usize, usize>,
     mut outcomes: Vec<(usize, Result<Committed, String>)>,
     done: &Sender<Done>,
     stats: &Stats,
@@ -493,13 +560,9 @@ fn finish(
             }
         }
     }
-    let acks = acks
+    outcomes
         .into_iter()
-        .map(|(conn, bytes)| Done::Written { conn, bytes });
-    let results = outcomes
-        .into_iter()
-        .map(|(conn, result)| Done::Committed { conn, result });
-    acks.chain(results).all(|r| done.send(r).is_ok())
+        .all(|(conn, result)| done.send(Done::Committed { conn, result }).is_ok())
 }
 
 #[cfg(test)]
@@ -528,20 +591,19 @@ mod tests {
         })
     }
 
-    /// Collects `n` results, waiting on the waker's poll as the event loop would.
+    /// Collects results until `n` commits are answered, waiting on the waker's poll as the
+    /// event loop would (write acknowledgements come earlier, on their own).
     fn collect(poll: &mut mio::Poll, worker: &SpoolWorker, n: usize) -> Vec<Done> {
         let mut events = mio::Events::with_capacity(8);
         let mut out = Vec::new();
+        let mut commits = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while out.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} results",
-                out.len()
-            );
+        while commits < n {
+            assert!(Instant::now() < deadline, "only {commits} of {n} commits");
             poll.poll(&mut events, Some(Duration::from_millis(100)))
                 .unwrap();
             while let Some(d) = worker.try_recv() {
+                commits += usize::from(matches!(d, Done::Committed { .. }));
                 out.push(d);
             }
         }
