@@ -451,13 +451,28 @@ fn nix_euid_is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a daemon the test starts.
+///
+/// Taken below the kernel's ephemeral range (32768-60999 on Linux), and never twice in one
+/// test process: a port from the ephemeral range can be handed to some other test's
+/// outgoing connection between this check and the daemon's bind, which then fails with
+/// "address in use" and the test flakes.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU16;
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Each test process starts at its own place in the range, so concurrent test binaries
+    // (cargo runs them one after another, but people run them side by side) rarely meet.
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = LOW + (start.wrapping_add(n) % SPAN);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Polls `cond` every 10 ms until it holds; false when `timeout` passed first.
