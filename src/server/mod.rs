@@ -4,11 +4,19 @@
 //! [`crate::deliver::DeliveryThread`]; both only ever talk to the loop through channels and a
 //! [`mio::Waker`], so nothing here blocks.
 //!
-//! Loop rules (mio's `Poll` documentation): every readiness event is drained until
+//! Loop rules (mio's `Poll` documentation): every readiness event is drained (over several turns, see below) until
 //! `WouldBlock`, `Interrupted` is retried, spurious events are harmless (every handler just
 //! tries and stops at `WouldBlock`), and WRITABLE interest is registered only while replies
 //! are pending. A connection whose socket we stop reading (backpressure) is driven again
 //! explicitly when the reason goes away, since edge-triggered readiness will not repeat.
+//!
+//! Fairness: one call may not monopolise the loop. A connection is read for at most
+//! [`DRIVE_BUDGET`] bytes and a listener accepts at most [`ACCEPT_BUDGET`] connections per
+//! turn; whatever stops on its budget (its socket possibly still readable) goes on a ready
+//! list, and the loop polls with a zero timeout and drives the list again. Edge-triggered
+//! readiness will not report the unread data a second time, so nothing is ever dropped from
+//! that list without having been driven. A client pipelining commands as fast as it can
+//! thus shares the loop with everyone else, and a new client's greeting is not delayed.
 
 pub mod listen;
 
@@ -45,6 +53,10 @@ pub(crate) const LINGER: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long accepting stays paused after EMFILE/ENFILE when no connection closes sooner.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// Bytes one `drive` call may read from a connection before it yields to the others.
+const DRIVE_BUDGET: usize = 4 * READ_CHUNK;
+/// Connections one `accept` call may take from a listener before it yields to the others.
+const ACCEPT_BUDGET: usize = 64;
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -194,6 +206,11 @@ struct Server {
     /// Set when the grace period is over and the remaining sessions got 421.
     shutdown_forced: bool,
     scratch: Vec<u8>,
+    /// Connections that stopped on their [`DRIVE_BUDGET`] with input possibly unread; driven
+    /// again next turn (oldest token first).
+    ready: BTreeSet<usize>,
+    /// Listeners (by index) that stopped on their [`ACCEPT_BUDGET`]; accepted from next turn.
+    ready_listeners: BTreeSet<usize>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: returns after the sessions in flight finished (or
@@ -247,6 +264,8 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         shutdown_at: None,
         shutdown_forced: false,
         scratch: vec![0; READ_CHUNK],
+        ready: BTreeSet::new(),
+        ready_listeners: BTreeSet::new(),
     };
     let result = server.run();
     let Server {
@@ -280,6 +299,7 @@ impl Server {
             // Results can also arrive without a wake-up having been seen yet, and answers
             // made locally when the worker is gone need processing too.
             self.handle_worker_results();
+            self.drive_ready();
             let now = Instant::now();
             self.fire_timers(now);
             if let Some(at) = self.accept_retry {
@@ -321,19 +341,39 @@ impl Server {
                 at
             }));
         }
-        if !self.local_done.is_empty() {
+        if !self.local_done.is_empty() || !self.ready.is_empty() || !self.ready_listeners.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         next.map(|t| t.saturating_duration_since(now))
     }
 
+    /// Gives every connection and listener that stopped on its budget its next turn. Each
+    /// is taken off the list before it is driven, and put back by `drive`/`accept` if it
+    /// stops on its budget again, so the list only ever holds work still to do.
+    fn drive_ready(&mut self) {
+        for index in std::mem::take(&mut self.ready_listeners) {
+            self.accept(index);
+        }
+        for token in std::mem::take(&mut self.ready) {
+            self.drive(token);
+        }
+    }
+
     // ---- accepting ----------------------------------------------------------------------
 
     fn accept(&mut self, index: usize) {
+        let mut budget = ACCEPT_BUDGET;
         loop {
             if !self.accepting {
                 return;
             }
+            if budget == 0 {
+                // More may be waiting, and no new event will say so: come back next turn.
+                self.ready_listeners.insert(index);
+                return;
+            }
+            budget -= 1;
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
@@ -453,7 +493,7 @@ impl Server {
     // ---- connections --------------------------------------------------------------------
 
     /// Does everything a connection can do now: feed buffered input, write replies, read
-    /// and feed new input until WouldBlock or backpressure, then close it or update its
+    /// and feed new input until WouldBlock, backpressure or its [`DRIVE_BUDGET`], then close it or update its
     /// interest and timer.
     fn drive(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -465,6 +505,7 @@ impl Server {
         };
         let now = Instant::now();
         let mut broken = None;
+        let mut read = 0;
         loop {
             conn.feed_buffered(token, &mut jobs, now);
             if let Err(e) = conn.flush_output() {
@@ -485,10 +526,17 @@ impl Server {
             if !conn.can_read() {
                 break;
             }
+            if read >= DRIVE_BUDGET {
+                // The socket may still hold input, and edge-triggered readiness will not
+                // report it again: the ready list brings us back after the others had a turn.
+                self.ready.insert(token);
+                break;
+            }
             match conn.read_chunk(&mut self.scratch) {
                 Ok(None) => break,
                 Ok(Some(0)) => conn.peer_eof = true,
                 Ok(Some(n)) => {
+                    read += n;
                     conn.idle_deadline = now + conn.idle_timeout;
                     conn.feed_fresh(token, &self.scratch[..n], &mut jobs, now);
                 }
