@@ -1035,6 +1035,57 @@ fn sighup_reloads_limits_and_keeps_old_config_when_bad() {
 }
 
 #[test]
+fn a_reload_that_blocks_does_not_stop_the_loop() {
+    use std::os::unix::fs::PermissionsExt;
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("hup-blocked");
+    let d = Daemon::start(&dir, &bridge, "max_message_size = 100000");
+    // A greeting proves the loop runs, so its SIGHUP handler is installed (the port accepts
+    // connections into its backlog a little earlier).
+    greeted(d.port).expect("QUIT", 221);
+    // The next configuration, served through a FIFO: reading it blocks until we write, as
+    // resolving a legacy `smtphost` name can block on a slow resolver.
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("max_message_size = 100000", "max_message_size = 5000");
+    std::fs::remove_file(&d.config).unwrap();
+    nix::unistd::mkfifo(&d.config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    // While the reload waits, new clients are greeted and served by the old settings.
+    for _ in 0..3 {
+        let mut c = Client::connect(d.port);
+        let (code, greeting) = c.reply();
+        assert_eq!(code, 220, "{greeting}");
+        let ehlo = c.expect("EHLO waiting.test", 250);
+        assert!(ehlo.contains("SIZE 100000"), "{ehlo}");
+        c.expect("QUIT", 221);
+    }
+    // A non-blocking open for writing fails (ENXIO) until the reload thread has the FIFO
+    // open for reading, so this also proves the reload was under way; the text fits the
+    // pipe's buffer, so the write does not block.
+    let mut fifo = None;
+    assert!(
+        common::wait_until(SOON, || {
+            use std::os::unix::fs::OpenOptionsExt;
+            fifo = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&d.config)
+                .ok();
+            fifo.is_some()
+        }),
+        "the reload never opened the configuration"
+    );
+    fifo.unwrap().write_all(text.as_bytes()).unwrap();
+    d.wait_log("reloaded configuration");
+    let mut after = Client::connect(d.port);
+    after.reply();
+    let ehlo = after.expect("EHLO new.test", 250);
+    assert!(ehlo.contains("SIZE 5000"), "{ehlo}");
+}
+
+#[test]
 fn sigterm_lets_the_message_in_flight_finish_then_exits_0() {
     let bridge = StandInBridge::start();
     let dir = TestDir::new("term");
