@@ -1225,7 +1225,7 @@ fn address_in_use_exits_71() {
 }
 
 #[test]
-fn spool_that_cannot_be_prepared_exits_71() {
+fn spool_that_cannot_be_prepared_exits_73() {
     let bridge = StandInBridge::start();
     let dir = TestDir::new("nospool");
     let port = common::free_port();
@@ -1251,7 +1251,7 @@ fn spool_that_cannot_be_prepared_exits_71() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spool"),
         "{out:?}"
