@@ -109,6 +109,17 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// SIGHUP's default action ends the process, and the event loop installs its handler only
+/// when it starts: a reload asked for during start-up (the configuration was just read) must
+/// not kill the daemon. The loop's handler replaces this disposition.
+fn ignore_sighup_until_the_loop_handles_it() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN runs no code in signal context; nothing else is installing handlers yet.
+    if let Err(e) = unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) } {
+        log::warn!("cannot ignore SIGHUP during start-up: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +134,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Failure> {
+    ignore_sighup_until_the_loop_handles_it();
     let args = parse_args(std::env::args_os().skip(1).collect())?;
     if args.help {
         print!("{HELP}");
