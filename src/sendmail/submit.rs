@@ -240,7 +240,7 @@ fn finish(
         Err(source) => {
             log::error!(
                 "from=<{}> size={size} nrcpt={} status=tempfail (cannot queue message: {source}{})",
-                envelope.sender,
+                crate::spool::escape(envelope.sender.as_bytes()),
                 envelope.recipients.len(),
                 why.as_deref()
                     .map(|w| format!("; bridge: {w}"))
@@ -261,7 +261,9 @@ fn log_submission(id: &QueueId, envelope: &Envelope, size: u64, status: &str) {
     };
     log::info!(
         "{id}: {who} from=<{}> size={size} nrcpt={} status={status}",
-        envelope.sender,
+        // The sender is the caller's text: escaped as spool.rs and deliver.rs log it, so it
+        // can neither end the line nor forge a field.
+        crate::spool::escape(envelope.sender.as_bytes()),
         envelope.recipients.len()
     );
 }
