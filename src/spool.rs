@@ -385,8 +385,8 @@ pub struct RunnerLock {
 pub struct IngestReport {
     /// Messages moved into `queue/`.
     pub accepted: usize,
-    /// Entries refused (links, FIFOs, devices, over the size limit, unparsable), each logged
-    /// and moved aside or removed as the documentation says.
+    /// Entries refused, each logged: links, FIFOs, devices and directories removed; regular
+    /// files over the size limit, unparsable or unreadable moved to `failed/`.
     pub refused: usize,
 }
 
@@ -959,7 +959,8 @@ enum Ingested {
     Accepted(PathBuf),
     /// Refused, logged, removed or moved aside.
     Refused,
-    /// Vanished before we got to it.
+    /// Vanished before we got to it, or was replaced between `lstat` and `open` (looked at
+    /// again in the next pass).
     Gone,
 }
 
