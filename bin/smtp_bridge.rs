@@ -36,8 +36,8 @@ Options:
 The daemon never forks: run it under systemd or another supervisor.
 
 Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration.
-Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen, prepare the spool or
-start a thread, 77 cannot drop privileges, 78 configuration error.
+Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen or start a thread,
+73 cannot prepare the spool, 77 cannot drop privileges, 78 configuration error.
 ";
 
 /// Set once logging copies lines to stderr, so a fatal error is not printed twice.
@@ -78,9 +78,9 @@ impl Failure {
         match self {
             Failure::Usage(_) => sysexits::EX_USAGE,
             Failure::Config(_) => sysexits::EX_CONFIG,
-            // The spool directories are created with mkdir/chown/chmod: a system call needed
-            // to start, as smtp_bridge(8) groups them under 71.
-            Failure::Listen(_) | Failure::Spool(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
+            Failure::Listen(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
+            // The spool directories could not be created or given to the daemon's user.
+            Failure::Spool(_) => sysexits::EX_CANTCREAT,
             Failure::Privileges(_) => sysexits::EX_NOPERM,
             Failure::Server(_) => sysexits::EX_SOFTWARE,
         }

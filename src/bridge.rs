@@ -8,7 +8,11 @@
 
 use std::fmt::Write as _;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +64,11 @@ impl Bridge {
             url: url.to_owned(),
             name: name.to_owned(),
             timeout,
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                LiteralFirst::default(),
+            ),
         }
     }
 
@@ -179,6 +187,73 @@ fn push_json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// The address an IP-literal URL (`http://127.0.0.1:8003/…`, `http://[::1]/…`) names, with
+/// its port or the scheme's default; `None` for a host name.
+fn literal_addr(uri: &ureq::http::Uri) -> Option<SocketAddr> {
+    let authority = uri.authority()?;
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: IpAddr = host.parse().ok()?;
+    let port = match (authority.port_u16(), uri.scheme_str()) {
+        (Some(port), _) => port,
+        (None, Some(s)) if s.eq_ignore_ascii_case("https") => 443,
+        (None, _) => 80,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// ureq's resolver, minus its thread per request. With a timeout set, ureq's
+/// `DefaultResolver` runs every lookup on a fresh thread (so that a hung DNS server cannot
+/// outlast the timeout), even for `127.0.0.1`: for a local bridge that thread was the largest
+/// CPU cost of a PUT. An IP literal needs no lookup at all; a name (`localhost`, the default)
+/// is looked up once per [`Bridge`] (one delivery pass) and the answer reused, so a pass costs
+/// one lookup thread, not one per message.
+#[derive(Debug, Default)]
+struct LiteralFirst {
+    /// The last name looked up (`host:port` with the scheme) and its addresses.
+    cache: Mutex<Option<(String, Vec<SocketAddr>)>>,
+}
+
+impl Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        if let Some(addr) = literal_addr(uri) {
+            let mut out = self.empty();
+            out.push(addr);
+            return Ok(out);
+        }
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        // A poisoned lock only means another request panicked mid-lookup: skip the cache.
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((cached, addrs)) = cache.as_ref() {
+                if *cached == key {
+                    let mut out = self.empty();
+                    for addr in addrs {
+                        out.push(*addr);
+                    }
+                    return Ok(out);
+                }
+            }
+        }
+        let resolved = DefaultResolver::default().resolve(uri, config, timeout)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = Some((key, resolved.iter().copied().collect()));
+        }
+        Ok(resolved)
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +396,26 @@ mod tests {
                 "{url:?}: {:?}",
                 b.send("x")
             );
+        }
+    }
+
+    #[test]
+    fn ip_literals_need_no_lookup() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("http://127.0.0.1:8003/replies", Some("127.0.0.1:8003")),
+            ("http://127.0.0.1/replies", Some("127.0.0.1:80")),
+            ("https://10.1.2.3/replies", Some("10.1.2.3:443")),
+            ("HTTPS://10.1.2.3/replies", Some("10.1.2.3:443")),
+            ("http://[::1]:8003/replies", Some("[::1]:8003")),
+            ("http://[::1]/replies", Some("[::1]:80")),
+            ("http://localhost:8003/replies", None),
+            ("http://bridge.example.org/replies", None),
+            ("http://127.0.0.1.example.org/", None),
+        ];
+        for (url, want) in table {
+            let uri: ureq::http::Uri = url.parse().unwrap();
+            let want: Option<SocketAddr> = want.map(|w| w.parse().unwrap());
+            assert_eq!(literal_addr(&uri), want, "{url}");
         }
     }
 }

@@ -28,6 +28,15 @@ pub enum PrivilegeError {
         /// The configured `username`.
         user: String,
     },
+    /// Occurs when the group the daemon would run with is gid 0 (`root`): group-writable
+    /// root files and directories would stay writable, which defeats the drop as much as
+    /// uid 0 would.
+    RootGroup {
+        /// The configured `username`.
+        user: String,
+        /// The group that resolved to gid 0 (the configured one, or the user's primary).
+        group: String,
+    },
     /// Occurs when the passwd or group database cannot be read.
     Lookup {
         /// The name being looked up.
@@ -56,6 +65,10 @@ impl std::fmt::Display for PrivilegeError {
             PrivilegeError::RootTarget { user } => {
                 write!(f, "user {user:?} has uid 0; refusing to run as root")
             }
+            PrivilegeError::RootGroup { user, group } => write!(
+                f,
+                "group {group:?} of user {user:?} has gid 0; refusing to run with the root group"
+            ),
             PrivilegeError::Lookup { name, .. } => write!(f, "cannot look up {name:?}"),
             PrivilegeError::Syscall { call, .. } => write!(f, "{call} failed"),
             PrivilegeError::Verification { message } => {
@@ -129,6 +142,12 @@ impl Target {
                 (name, user.gid)
             }
         };
+        if gid.as_raw() == 0 {
+            return Err(PrivilegeError::RootGroup {
+                user: username.to_owned(),
+                group: group_name,
+            });
+        }
         Ok(Target {
             user: user.name,
             group: group_name,
@@ -232,6 +251,17 @@ mod tests {
     fn root_is_refused_as_target() {
         let err = Target::lookup("root", "root").unwrap_err();
         assert!(matches!(err, PrivilegeError::RootTarget { .. }), "{err}");
+    }
+
+    #[test]
+    fn root_group_is_refused_as_target() {
+        // Every Debian box has group `root` with gid 0.
+        let err = Target::lookup("nobody", "root").unwrap_err();
+        assert!(
+            matches!(&err, PrivilegeError::RootGroup { group, .. } if group == "root"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("gid 0"), "{err}");
     }
 
     #[test]

@@ -290,11 +290,15 @@ pub struct SpoolWriter {
     preferred_id: Option<QueueId>,
     /// Set once the temporary file no longer exists under its temporary name.
     done: bool,
+    /// Set by [`SpoolWriter::sync_data`] (and cleared by any later write), so that the commit
+    /// does not fdatasync the same data twice.
+    synced: bool,
 }
 
 impl io::Write for SpoolWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let file = self.file.as_mut().ok_or_else(closed)?;
+        self.synced = false;
         let n = file.write(buf)?;
         self.size += n as u64;
         Ok(n)
@@ -326,11 +330,25 @@ impl SpoolWriter {
         self.finish(true)
     }
 
+    /// Flushes and fdatasyncs the file now, without committing it: the spool worker syncs
+    /// several writers in parallel this way, then commits (renames) them in order, cheaply.
+    /// A commit after this does not sync again, unless something was written in between.
+    pub fn sync_data(&mut self) -> io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(closed)?;
+        file.flush()?;
+        // fdatasync is enough: the file is new, and its size is data for this purpose.
+        file.get_ref().sync_data()?;
+        self.synced = true;
+        Ok(())
+    }
+
     fn finish(mut self, sync_dir: bool) -> io::Result<QueueId> {
         let buffered = self.file.take().ok_or_else(closed)?;
         let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        // fdatasync is enough: the file is new, and its size is data for this purpose.
-        file.sync_data()?;
+        if !self.synced {
+            // fdatasync is enough: the file is new, and its size is data for this purpose.
+            file.sync_data()?;
+        }
         let mut preferred = self.preferred_id.take();
         // A collision is possible only with an ID a local user chose for a maildrop file, and
         // a fresh ID never collides twice; three tries bound the loop all the same.
@@ -810,8 +828,24 @@ impl Spool {
     /// The message goes first, then its retry state, then the directory is fsync'd so that a
     /// crash cannot bring a delivered message back.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
+        self.remove_unsynced(id)?;
+        self.sync_queue_dir()
+    }
+
+    /// Removes a delivered message (the message, then its retry state) without fsyncing
+    /// `queue/`: a delivery pass removes a run of messages this way and then calls
+    /// [`Spool::sync_queue_dir`] once, instead of paying a directory fsync per message.
+    ///
+    /// The unlink is visible at once, so nobody lists the message again; only a crash before
+    /// the directory fsync can bring it back, delivered a second time (never lost), just as a
+    /// crash between the PUT and the removal would.
+    pub fn remove_unsynced(&self, id: &QueueId) -> io::Result<()> {
         fs::remove_file(self.message_path(id)?)?;
-        remove_if_exists(&self.retry_path(id))?;
+        remove_if_exists(&self.retry_path(id))
+    }
+
+    /// fsyncs `queue/`, making earlier [`Spool::remove_unsynced`] calls durable.
+    pub fn sync_queue_dir(&self) -> io::Result<()> {
         fsync_dir(&self.queue_dir())
     }
 
@@ -1065,6 +1099,7 @@ impl SpoolWriter {
             size: 0,
             preferred_id,
             done: false,
+            synced: false,
         };
         if let Some(f) = writer.file.as_mut() {
             match area {

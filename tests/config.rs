@@ -201,7 +201,7 @@ fn writable_by_others_is_refused() {
 /// made; the rule itself is also unit-tested in config.rs).
 #[test]
 fn owned_by_someone_else_is_refused_when_root() {
-    if !nix::unistd::geteuid().is_root() {
+    if !common::require_root() {
         return;
     }
     let dir = TestDir::new("config-owner");

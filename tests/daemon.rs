@@ -605,6 +605,91 @@ fn pipelined_messages_on_one_connection_are_all_answered_in_order() {
     }
 }
 
+#[test]
+fn pipelining_floods_do_not_delay_a_new_clients_greeting() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const FLOODERS: usize = 3;
+    /// Commands per batch: 999 NOOPs (250) then one VRFY (252), so the replies show order.
+    const BATCH: usize = 1000;
+    /// Upper bound per flooder (2,000,000 commands); they stop as soon as the newcomer was
+    /// greeted, so the floods are sure to outlast the measurement on a fast machine too.
+    const MAX_BATCHES: usize = 2000;
+    /// Generous: a greeting takes milliseconds; before the fix it took seconds.
+    const GREETING_BOUND: Duration = Duration::from_secs(2);
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("flood");
+    let d = Daemon::start(&dir, &bridge, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers_done = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let mut flooders = Vec::new();
+    for _ in 0..FLOODERS {
+        let mut c = greeted(d.port);
+        let mut writer = c.writer.try_clone().unwrap();
+        let (stop, readers_done, started_tx) =
+            (stop.clone(), readers_done.clone(), started_tx.clone());
+        flooders.push(thread::spawn(move || {
+            let mut batch = b"NOOP\r\n".repeat(BATCH - 1);
+            batch.extend_from_slice(b"VRFY someone\r\n");
+            let sender = thread::spawn(move || {
+                let mut sent = 0;
+                while sent < MAX_BATCHES && (sent < 2 || !stop.load(Ordering::SeqCst)) {
+                    writer.write_all(&batch).unwrap();
+                    sent += 1;
+                }
+                writer.write_all(b"QUIT\r\n").unwrap();
+                sent
+            });
+            // Every reply, in order: the pattern of 250s and 252s must match the commands.
+            let mut seen = 0usize;
+            loop {
+                let (code, text) = c.reply();
+                if code == 221 {
+                    readers_done.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                let want = if seen % BATCH == BATCH - 1 { 252 } else { 250 };
+                assert_eq!(code, want, "reply {seen}: {text:?}");
+                seen += 1;
+                if seen == BATCH {
+                    started_tx.send(()).unwrap();
+                }
+            }
+            let sent = sender.join().unwrap();
+            assert_eq!(seen, sent * BATCH, "every command answered");
+            seen
+        }));
+    }
+    // Each flooder has had replies, so all are flooding now.
+    for _ in 0..FLOODERS {
+        started_rx.recv_timeout(SOON).expect("flooder started");
+    }
+    let begin = Instant::now();
+    let mut newcomer = Client::connect(d.port);
+    let (code, text) = newcomer.reply();
+    let waited = begin.elapsed();
+    // The measurement means something only if the floods were still going on.
+    let still_flooding = readers_done.load(Ordering::SeqCst) == 0;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(code, 220, "{text}");
+    assert!(
+        waited < GREETING_BOUND,
+        "greeting took {waited:?} while {FLOODERS} clients pipelined"
+    );
+    // The writers stop only when told (after the greeting) or at MAX_BATCHES: floods that
+    // ended first mean the greeting waited for them, or the check proved nothing.
+    assert!(
+        still_flooding,
+        "the floods ended before the greeting (after {waited:?})"
+    );
+    newcomer.expect("EHLO newcomer.test", 250);
+    newcomer.expect("QUIT", 221);
+    for f in flooders {
+        assert!(f.join().unwrap() >= 2 * BATCH);
+    }
+}
+
 // ---- durability -----------------------------------------------------------------------
 
 #[test]
@@ -950,6 +1035,57 @@ fn sighup_reloads_limits_and_keeps_old_config_when_bad() {
 }
 
 #[test]
+fn a_reload_that_blocks_does_not_stop_the_loop() {
+    use std::os::unix::fs::PermissionsExt;
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("hup-blocked");
+    let d = Daemon::start(&dir, &bridge, "max_message_size = 100000");
+    // A greeting proves the loop runs, so its SIGHUP handler is installed (the port accepts
+    // connections into its backlog a little earlier).
+    greeted(d.port).expect("QUIT", 221);
+    // The next configuration, served through a FIFO: reading it blocks until we write, as
+    // resolving a legacy `smtphost` name can block on a slow resolver.
+    let text = std::fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("max_message_size = 100000", "max_message_size = 5000");
+    std::fs::remove_file(&d.config).unwrap();
+    nix::unistd::mkfifo(&d.config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    // While the reload waits, new clients are greeted and served by the old settings.
+    for _ in 0..3 {
+        let mut c = Client::connect(d.port);
+        let (code, greeting) = c.reply();
+        assert_eq!(code, 220, "{greeting}");
+        let ehlo = c.expect("EHLO waiting.test", 250);
+        assert!(ehlo.contains("SIZE 100000"), "{ehlo}");
+        c.expect("QUIT", 221);
+    }
+    // A non-blocking open for writing fails (ENXIO) until the reload thread has the FIFO
+    // open for reading, so this also proves the reload was under way; the text fits the
+    // pipe's buffer, so the write does not block.
+    let mut fifo = None;
+    assert!(
+        common::wait_until(SOON, || {
+            use std::os::unix::fs::OpenOptionsExt;
+            fifo = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&d.config)
+                .ok();
+            fifo.is_some()
+        }),
+        "the reload never opened the configuration"
+    );
+    fifo.unwrap().write_all(text.as_bytes()).unwrap();
+    d.wait_log("reloaded configuration");
+    let mut after = Client::connect(d.port);
+    after.reply();
+    let ehlo = after.expect("EHLO new.test", 250);
+    assert!(ehlo.contains("SIZE 5000"), "{ehlo}");
+}
+
+#[test]
 fn sigterm_lets_the_message_in_flight_finish_then_exits_0() {
     let bridge = StandInBridge::start();
     let dir = TestDir::new("term");
@@ -1089,7 +1225,7 @@ fn address_in_use_exits_71() {
 }
 
 #[test]
-fn spool_that_cannot_be_prepared_exits_71() {
+fn spool_that_cannot_be_prepared_exits_73() {
     let bridge = StandInBridge::start();
     let dir = TestDir::new("nospool");
     let port = common::free_port();
@@ -1115,7 +1251,7 @@ fn spool_that_cannot_be_prepared_exits_71() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spool"),
         "{out:?}"

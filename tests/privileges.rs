@@ -243,3 +243,28 @@ fn unknown_user_is_a_privilege_failure_exit_77_before_serving() {
         "{out:?}"
     );
 }
+
+#[test]
+fn root_group_is_a_privilege_failure_exit_77_before_serving() {
+    if !common::require_root() {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("rootgroup");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nusername = \"nobody\"\ngroup = \"root\""),
+    );
+    let out = Command::new(common::daemon_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gid 0"), "{out:?}");
+    // Refused before serving: nothing ever listened on the port.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

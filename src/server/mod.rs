@@ -1,14 +1,23 @@
 //! The daemon's event loop: one mio thread that accepts connections, moves bytes between
 //! sockets and [`crate::smtp::Session`]s, runs the timers, and reacts to signals. Disk I/O
-//! runs on the spool worker ([`spool_worker`]) and delivery on the
-//! [`crate::deliver::DeliveryThread`]; both only ever talk to the loop through channels and a
-//! [`mio::Waker`], so nothing here blocks.
+//! runs on the spool worker ([`spool_worker`]), delivery on the
+//! [`crate::deliver::DeliveryThread`], and SIGHUP's re-reading of the configuration (file
+//! I/O, and a DNS lookup for a legacy `smtphost` name) on a reload thread; they only ever
+//! talk to the loop through channels and a [`mio::Waker`], so nothing here blocks.
 //!
 //! Loop rules (mio's `Poll` documentation): every readiness event is drained until
-//! `WouldBlock`, `Interrupted` is retried, spurious events are harmless (every handler just
-//! tries and stops at `WouldBlock`), and WRITABLE interest is registered only while replies
-//! are pending. A connection whose socket we stop reading (backpressure) is driven again
+//! `WouldBlock` (over several turns, see below), `Interrupted` is retried, spurious events are
+//! harmless (every handler just tries and stops at `WouldBlock`), and WRITABLE interest is
+//! registered only while replies are pending. A connection whose socket we stop reading (backpressure) is driven again
 //! explicitly when the reason goes away, since edge-triggered readiness will not repeat.
+//!
+//! Fairness: one call may not monopolise the loop. A connection is read for at most
+//! [`DRIVE_BUDGET`] bytes and a listener accepts at most [`ACCEPT_BUDGET`] connections per
+//! turn; whatever stops on its budget (its socket possibly still readable) goes on a ready
+//! list, and the loop polls with a zero timeout and drives the list again. Edge-triggered
+//! readiness will not report the unread data a second time, so nothing is ever dropped from
+//! that list without having been driven. A client pipelining commands as fast as it can
+//! thus shares the loop with everyone else, and a new client's greeting is not delayed.
 
 pub mod listen;
 
@@ -18,7 +27,7 @@ mod spool_worker;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -45,6 +54,10 @@ pub(crate) const LINGER: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long accepting stays paused after EMFILE/ENFILE when no connection closes sooner.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// Bytes one `drive` call may read from a connection before it yields to the others.
+const DRIVE_BUDGET: usize = 4 * READ_CHUNK;
+/// Connections one `accept` call may take from a listener before it yields to the others.
+const ACCEPT_BUDGET: usize = 64;
 
 const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -94,8 +107,9 @@ pub struct Options {
     pub listeners: Vec<std::net::TcpListener>,
     /// The running delivery thread, nudged after every commit and stopped at exit.
     pub delivery: DeliveryThread,
-    /// Re-reads the configuration on SIGHUP.
-    pub reload: Box<dyn FnMut() -> Result<Config, ConfigError>>,
+    /// Re-reads the configuration on SIGHUP. It runs on a thread of its own, since reading
+    /// a file (and resolving a legacy `smtphost` name) may block.
+    pub reload: Box<dyn FnMut() -> Result<Config, ConfigError> + Send>,
     /// How long sessions in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -170,6 +184,73 @@ impl JobSink for Jobs<'_> {
     }
 }
 
+/// The loop's end of the reload thread, which runs [`Options::reload`] off the loop.
+struct Reloader {
+    /// One `()` per reload wanted; dropping it ends the thread.
+    requests: mpsc::Sender<()>,
+    /// The parsed configurations (or errors), each followed by a wake-up.
+    results: mpsc::Receiver<Result<Config, ConfigError>>,
+    /// A reload is running: a SIGHUP meanwhile only sets `again`, so requests never pile
+    /// up however often the signal comes.
+    busy: bool,
+    /// Another SIGHUP came while busy: re-read once more when the running one is done, so
+    /// the last edit of the file is the one that applies.
+    again: bool,
+}
+
+impl Reloader {
+    fn spawn(
+        mut reload: Box<dyn FnMut() -> Result<Config, ConfigError> + Send>,
+        waker: Arc<Waker>,
+    ) -> io::Result<Reloader> {
+        let (requests, todo) = mpsc::channel::<()>();
+        let (done, results) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("reload".to_owned())
+            .spawn(move || {
+                // Ends when the loop drops its sender (the daemon stops); it is not joined,
+                // since a lookup in progress must not hold up the exit.
+                while todo.recv().is_ok() {
+                    if done.send(reload()).is_err() {
+                        return;
+                    }
+                    if let Err(e) = waker.wake() {
+                        log::error!("reload: cannot wake the event loop: {e}");
+                    }
+                }
+            })?;
+        Ok(Reloader {
+            requests,
+            results,
+            busy: false,
+            again: false,
+        })
+    }
+
+    /// Asks for a reload (SIGHUP).
+    fn request(&mut self) {
+        if self.busy {
+            self.again = true;
+            return;
+        }
+        if self.requests.send(()).is_err() {
+            log::error!("reload failed, keeping the old configuration: reload thread is gone");
+            return;
+        }
+        self.busy = true;
+    }
+
+    /// A finished reload, if any; starts the one a SIGHUP asked for meanwhile.
+    fn finished(&mut self) -> Option<Result<Config, ConfigError>> {
+        let result = self.results.try_recv().ok()?;
+        self.busy = false;
+        if std::mem::take(&mut self.again) {
+            self.request();
+        }
+        Some(result)
+    }
+}
+
 /// The loop's state.
 struct Server {
     poll: Poll,
@@ -187,13 +268,18 @@ struct Server {
     signals: Signals,
     config: Config,
     limits: Limits,
-    reload: Box<dyn FnMut() -> Result<Config, ConfigError>>,
+    reload: Reloader,
     grace: Duration,
     /// Set by SIGTERM/SIGINT: when the grace period ends.
     shutdown_at: Option<Instant>,
     /// Set when the grace period is over and the remaining sessions got 421.
     shutdown_forced: bool,
     scratch: Vec<u8>,
+    /// Connections that stopped on their [`DRIVE_BUDGET`] with input possibly unread; driven
+    /// again next turn (oldest token first).
+    ready: BTreeSet<usize>,
+    /// Listeners (by index) that stopped on their [`ACCEPT_BUDGET`]; accepted from next turn.
+    ready_listeners: BTreeSet<usize>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: returns after the sessions in flight finished (or
@@ -225,6 +311,8 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         }
         mio_listeners.push(l);
     }
+    let reload =
+        Reloader::spawn(reload, waker.clone()).map_err(io_err("start the reload thread"))?;
     let worker = SpoolWorker::spawn(Spool::new(config.spool_dir.clone()), waker)
         .map_err(io_err("start the spool worker"))?;
     let mut server = Server {
@@ -247,6 +335,8 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         shutdown_at: None,
         shutdown_forced: false,
         scratch: vec![0; READ_CHUNK],
+        ready: BTreeSet::new(),
+        ready_listeners: BTreeSet::new(),
     };
     let result = server.run();
     let Server {
@@ -271,7 +361,10 @@ impl Server {
             }
             for event in events.iter() {
                 match event.token() {
-                    WAKER => self.handle_worker_results(),
+                    WAKER => {
+                        self.handle_worker_results();
+                        self.handle_reloads();
+                    }
                     SIGNALS => self.handle_signals(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(t) => self.drive(t),
@@ -280,6 +373,7 @@ impl Server {
             // Results can also arrive without a wake-up having been seen yet, and answers
             // made locally when the worker is gone need processing too.
             self.handle_worker_results();
+            self.drive_ready();
             let now = Instant::now();
             self.fire_timers(now);
             if let Some(at) = self.accept_retry {
@@ -321,19 +415,39 @@ impl Server {
                 at
             }));
         }
-        if !self.local_done.is_empty() {
+        if !self.local_done.is_empty() || !self.ready.is_empty() || !self.ready_listeners.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         next.map(|t| t.saturating_duration_since(now))
     }
 
+    /// Gives every connection and listener that stopped on its budget its next turn. Each
+    /// is taken off the list before it is driven, and put back by `drive`/`accept` if it
+    /// stops on its budget again, so the list only ever holds work still to do.
+    fn drive_ready(&mut self) {
+        for index in std::mem::take(&mut self.ready_listeners) {
+            self.accept(index);
+        }
+        for token in std::mem::take(&mut self.ready) {
+            self.drive(token);
+        }
+    }
+
     // ---- accepting ----------------------------------------------------------------------
 
     fn accept(&mut self, index: usize) {
+        let mut budget = ACCEPT_BUDGET;
         loop {
             if !self.accepting {
                 return;
             }
+            if budget == 0 {
+                // More may be waiting, and no new event will say so: come back next turn.
+                self.ready_listeners.insert(index);
+                return;
+            }
+            budget -= 1;
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
@@ -453,7 +567,7 @@ impl Server {
     // ---- connections --------------------------------------------------------------------
 
     /// Does everything a connection can do now: feed buffered input, write replies, read
-    /// and feed new input until WouldBlock or backpressure, then close it or update its
+    /// and feed new input until WouldBlock, backpressure or its [`DRIVE_BUDGET`], then close it or update its
     /// interest and timer.
     fn drive(&mut self, token: usize) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -465,6 +579,7 @@ impl Server {
         };
         let now = Instant::now();
         let mut broken = None;
+        let mut read = 0;
         loop {
             conn.feed_buffered(token, &mut jobs, now);
             if let Err(e) = conn.flush_output() {
@@ -485,10 +600,17 @@ impl Server {
             if !conn.can_read() {
                 break;
             }
+            if read >= DRIVE_BUDGET {
+                // The socket may still hold input, and edge-triggered readiness will not
+                // report it again: the ready list brings us back after the others had a turn.
+                self.ready.insert(token);
+                break;
+            }
             match conn.read_chunk(&mut self.scratch) {
                 Ok(None) => break,
                 Ok(Some(0)) => conn.peer_eof = true,
                 Ok(Some(n)) => {
+                    read += n;
                     conn.idle_deadline = now + conn.idle_timeout;
                     conn.feed_fresh(token, &self.scratch[..n], &mut jobs, now);
                 }
@@ -704,7 +826,7 @@ impl Server {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
             match signal {
-                SIGHUP => self.reload_config(),
+                SIGHUP => self.reload.request(),
                 SIGTERM | SIGINT => self.begin_shutdown(signal),
                 _ => {}
             }
@@ -745,8 +867,15 @@ impl Server {
         }
     }
 
-    fn reload_config(&mut self) {
-        match (self.reload)() {
+    /// Applies a configuration the reload thread has read, if one is ready.
+    fn handle_reloads(&mut self) {
+        while let Some(result) = self.reload.finished() {
+            self.apply_reload(result);
+        }
+    }
+
+    fn apply_reload(&mut self, result: Result<Config, ConfigError>) {
+        match result {
             Ok(new) => {
                 if new.listen != self.config.listen {
                     log::warn!("reload: listen addresses changed; restart to apply");
@@ -772,5 +901,56 @@ impl Server {
             }
             Err(e) => log::error!("reload failed, keeping the old configuration: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded) for the reload thread to hand back a result.
+    fn finished(r: &mut Reloader) -> Option<Result<Config, ConfigError>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(result) = r.finished() {
+                return Some(result);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn sighups_during_a_reload_coalesce_into_one_more() {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        // Each reload waits for the test to let it finish, like a slow resolver.
+        let (gate, gate_rx) = mpsc::channel::<u16>();
+        let mut r = Reloader::spawn(
+            Box::new(move || {
+                let n = gate_rx.recv().unwrap_or(0);
+                Ok(Config {
+                    max_recipients: usize::from(n),
+                    ..Config::default()
+                })
+            }),
+            waker,
+        )
+        .unwrap();
+        r.request();
+        r.request();
+        r.request();
+        assert!(r.finished().is_none(), "nothing finished yet");
+        gate.send(1).unwrap();
+        let first = finished(&mut r).expect("first reload").unwrap();
+        assert_eq!(first.max_recipients, 1);
+        // The two SIGHUPs during the first reload made exactly one more.
+        gate.send(2).unwrap();
+        let second = finished(&mut r).expect("second reload").unwrap();
+        assert_eq!(second.max_recipients, 2);
+        gate.send(3).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(r.finished().is_none(), "no third reload was asked for");
+        assert!(!r.busy);
     }
 }

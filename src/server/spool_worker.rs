@@ -2,17 +2,28 @@
 //! fsync ever blocks the loop.
 //!
 //! Jobs arrive over a channel in the order each connection produced them (open, writes,
-//! commit or abort). The worker handles every job that is ready, then makes all the commits of
-//! that batch durable with one directory fsync (group commit: twenty sessions finishing DATA
-//! together share one `sync_dir`), sends the results back and wakes the loop through its
-//! [`mio::Waker`]. Write acknowledgements travel the same way and release the per-connection
-//! backpressure in the loop.
+//! commit or abort). Two threads share the work, so that writing never waits behind an fsync:
+//!
+//! - The worker (`spool`) handles every job that is ready: it creates and writes the files and
+//!   acknowledges the written bytes at once (flow control only: the per-connection
+//!   backpressure in the loop), then hands the batch's commits to the syncer and goes on
+//!   writing other sessions' data while they are made durable.
+//! - The syncer (`spool-sync`) takes every batch of commits queued, has their files
+//!   fdatasync'd in parallel by a small pool of persistent threads (`spool-fsync`: the device
+//!   takes concurrent syncs together; one after another they cost a sync each), renames them
+//!   into `queue/` in the order the commits arrived (so queue IDs keep that order), fsyncs the
+//!   directory once (group commit: twenty sessions finishing DATA together share one
+//!   `sync_dir`), and only then sends the results and wakes the loop through its
+//!   [`mio::Waker`]: a `250` always follows both fsyncs.
+//!
+//! Memory stays bounded: a connection has at most one commit in flight, so the syncer never
+//! holds more pending files than there are connections.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -165,22 +176,63 @@ enum Slot {
     Failed(String),
 }
 
+/// A commit asked for during a batch, kept in arrival order so queue IDs follow it and each
+/// connection's results come back in the order it asked.
+enum Commit {
+    /// A complete message to make durable.
+    Pending(Pending),
+    /// A commit whose answer is already known: the message was never started or failed.
+    Failed { conn: usize, reason: String },
+}
+
+/// A complete message waiting for its fdatasync and rename.
+struct Pending {
+    conn: usize,
+    log_id: u64,
+    writer: SpoolWriter,
+    sender: String,
+    nrcpt: usize,
+}
+
 /// Results gathered during one batch.
 #[derive(Default)]
 struct Batch {
     acks: HashMap<usize, usize>,
-    committed: Vec<(usize, Committed)>,
-    failed: Vec<(usize, String)>,
+    commits: Vec<Commit>,
     bytes: usize,
 }
 
 fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, stats: &Stats) {
+    let (commits_tx, commits_rx) = mpsc::channel::<Vec<Commit>>();
+    thread::scope(|scope| {
+        let started = thread::Builder::new()
+            .name("spool-sync".to_owned())
+            .spawn_scoped(scope, {
+                let (spool, done, waker) = (&spool, done.clone(), waker.clone());
+                move || syncer(spool, &commits_rx, &done, &waker, stats)
+            });
+        match started {
+            Ok(_) => write_loop(&spool, &jobs, commits_tx, &done, &waker),
+            // The worker ends at once; the loop answers 452 to anyone waiting on it.
+            Err(e) => log::error!("cannot start the spool sync thread: {e}"),
+        }
+    });
+}
+
+/// The worker's own loop: writes, acknowledges, and hands commits to the syncer.
+fn write_loop(
+    spool: &Spool,
+    jobs: &Receiver<Job>,
+    commits: Sender<Vec<Commit>>,
+    done: &Sender<Done>,
+    waker: &Waker,
+) {
     let mut slots: HashMap<usize, Slot> = HashMap::new();
     while let Ok(first) = jobs.recv() {
         let mut batch = Batch::default();
         let mut next = Some(first);
         while let Some(job) = next {
-            handle(&spool, &mut slots, &mut batch, job);
+            handle(spool, &mut slots, &mut batch, job);
             if batch.bytes >= BATCH_BYTES {
                 break;
             }
@@ -189,15 +241,53 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>,
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
             };
         }
-        if !finish(&spool, batch, &done, stats) {
+        // Written, not durable: these only release backpressure, so they go at once. Every
+        // one precedes the commit it belongs to, which the syncer answers later.
+        if !batch.acks.is_empty() {
+            if !batch
+                .acks
+                .into_iter()
+                .all(|(conn, bytes)| done.send(Done::Written { conn, bytes }).is_ok())
+            {
+                break;
+            }
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the event loop: {e}");
+            }
+        }
+        if !batch.commits.is_empty() && commits.send(batch.commits).is_err() {
+            // The syncer stopped because the loop is gone.
+            break;
+        }
+    }
+    // The loop is gone: dropping the writers removes their temporary files. Dropping
+    // `commits` lets the syncer finish what it was given and stop.
+    slots.clear();
+}
+
+/// The syncer: makes every batch of commits queued durable as one group, reports and wakes
+/// the loop, until the worker closes the channel or the loop is gone.
+fn syncer(
+    spool: &Spool,
+    commits: &Receiver<Vec<Commit>>,
+    done: &Sender<Done>,
+    waker: &Waker,
+    stats: &Stats,
+) {
+    let pool = SyncPool::start(SYNC_THREADS);
+    while let Ok(mut group) = commits.recv() {
+        // Batches that queued up while the last group was syncing share the next sync.
+        while let Ok(more) = commits.try_recv() {
+            group.extend(more);
+        }
+        let outcomes = commit_all(&pool, group);
+        if !finish(spool, outcomes, done, stats) {
             break;
         }
         if let Err(e) = waker.wake() {
             log::error!("cannot wake the event loop: {e}");
         }
     }
-    // The loop is gone: dropping the writers removes their temporary files.
-    slots.clear();
 }
 
 fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, job: Job) {
@@ -233,88 +323,246 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
                 }
             }
         }
-        Job::Commit { conn } => match slots.remove(&conn) {
+        Job::Commit { conn } => batch.commits.push(match slots.remove(&conn) {
             Some(Slot::Writing {
                 writer,
                 sender,
                 nrcpt,
                 log_id,
-            }) => {
-                let size = writer.size();
-                match writer.commit_file() {
-                    Ok(id) => batch.committed.push((
-                        conn,
-                        Committed {
-                            id,
-                            sender,
-                            nrcpt,
-                            size,
-                        },
-                    )),
-                    Err(e) => {
-                        log::error!("conn={log_id} cannot commit spool file: {e}");
-                        batch.failed.push((conn, e.to_string()));
-                    }
-                }
-            }
-            Some(Slot::Failed(reason)) => batch.failed.push((conn, reason)),
-            None => batch
-                .failed
-                .push((conn, "no message was started".to_owned())),
-        },
+            }) => Commit::Pending(Pending {
+                conn,
+                log_id,
+                writer,
+                sender,
+                nrcpt,
+            }),
+            Some(Slot::Failed(reason)) => Commit::Failed { conn, reason },
+            None => Commit::Failed {
+                conn,
+                reason: "no message was started".to_owned(),
+            },
+        }),
         Job::Abort { conn } => {
             slots.remove(&conn);
         }
     }
 }
 
-/// Makes the batch's commits durable with one directory fsync and reports everything.
-/// Returns false when the loop is gone.
-fn finish(spool: &Spool, batch: Batch, done: &Sender<Done>, stats: &Stats) -> bool {
-    let mut results: Vec<Done> = Vec::new();
-    for (conn, bytes) in batch.acks {
-        results.push(Done::Written { conn, bytes });
+/// fdatasyncs that many spool files at once at most. The device takes concurrent syncs
+/// together, so twenty sessions finishing DATA at once cost about three parallel rounds
+/// instead of twenty syncs in a row; the threads are started once, not per file or batch.
+const SYNC_THREADS: usize = 8;
+
+/// Stack size of a sync thread: it only flushes a buffer and calls fdatasync.
+const SYNC_STACK: usize = 128 << 10;
+
+/// A job for a sync thread: a pending message and its place in the batch.
+type SyncJob = (usize, Pending);
+
+/// Persistent threads that fdatasync spool files in parallel.
+struct SyncPool {
+    jobs: Option<Sender<SyncJob>>,
+    results: Receiver<(usize, io::Result<Pending>)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SyncPool {
+    /// Starts up to `n` threads; with none (the system refused them all), files are synced
+    /// one after another by the caller, which is slower but just as safe.
+    fn start(n: usize) -> SyncPool {
+        let (jobs_tx, jobs_rx) = mpsc::channel::<SyncJob>();
+        let (results_tx, results_rx) = mpsc::channel();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let mut threads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (jobs, results) = (jobs_rx.clone(), results_tx.clone());
+            match thread::Builder::new()
+                .name("spool-fsync".to_owned())
+                .stack_size(SYNC_STACK)
+                .spawn(move || sync_thread(&jobs, &results))
+            {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    log::warn!(
+                        "cannot start an fdatasync thread ({e}); syncing with {} threads",
+                        threads.len()
+                    );
+                    break;
+                }
+            }
+        }
+        SyncPool {
+            jobs: (!threads.is_empty()).then_some(jobs_tx),
+            results: results_rx,
+            threads,
+        }
     }
-    if !batch.committed.is_empty() {
+
+    /// fdatasyncs every pending message, in parallel when there are several; the results
+    /// come back in the input order, with the connection each belongs to. A message whose
+    /// sync failed is dropped, which removes its temporary file.
+    fn sync_all(&self, pending: Vec<Pending>) -> Vec<(usize, io::Result<Pending>)> {
+        let conns: Vec<usize> = pending.iter().map(|p| p.conn).collect();
+        let mut out: Vec<Option<io::Result<Pending>>> = pending.iter().map(|_| None).collect();
+        // One file is synced here: handing it over would only add a thread switch.
+        let jobs = self.jobs.as_ref().filter(|_| pending.len() > 1);
+        let mut sent = 0;
+        for (i, p) in pending.into_iter().enumerate() {
+            match jobs {
+                Some(tx) => match tx.send((i, p)) {
+                    Ok(()) => sent += 1,
+                    Err(mpsc::SendError((i, p))) => out[i] = Some(sync_one(p)),
+                },
+                None => out[i] = Some(sync_one(p)),
+            }
+        }
+        for _ in 0..sent {
+            match self.results.recv() {
+                Ok((i, r)) => out[i] = Some(r),
+                Err(_) => break,
+            }
+        }
+        conns
+            .into_iter()
+            .zip(out)
+            .map(|(conn, r)| {
+                // Only if every sync thread died with the message (it cannot panic, but the
+                // answer must still be a failure, never a 250).
+                (
+                    conn,
+                    r.unwrap_or_else(|| Err(io::Error::other("fdatasync thread stopped"))),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for SyncPool {
+    fn drop(&mut self) {
+        // Closing the job channel ends every thread once it is idle.
+        self.jobs = None;
+        for h in self.threads.drain(..) {
+            if h.join().is_err() {
+                log::error!("an fdatasync thread panicked");
+            }
+        }
+    }
+}
+
+/// A sync thread: takes jobs until the pool closes its channel.
+fn sync_thread(jobs: &Mutex<Receiver<SyncJob>>, results: &Sender<(usize, io::Result<Pending>)>) {
+    loop {
+        // A poisoned lock would mean a thread panicked holding it: nothing to take any more.
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((i, p)) = job else { return };
+        if results.send((i, sync_one(p))).is_err() {
+            return;
+        }
+    }
+}
+
+fn sync_one(mut p: Pending) -> io::Result<Pending> {
+    p.writer.sync_data().map(|()| p)
+}
+
+/// Makes a batch's commits durable up to the directory fsync: fdatasyncs the files in
+/// parallel, then renames them into `queue/` in arrival order, so queue IDs keep that order.
+/// A failed message leaves nothing behind (its temporary file is removed).
+fn commit_all(pool: &SyncPool, commits: Vec<Commit>) -> Vec<(usize, Result<Committed, String>)> {
+    // Each commit in order: the connection of a message to sync, or an answer known already.
+    let mut order = Vec::with_capacity(commits.len());
+    let mut to_sync = Vec::new();
+    for c in commits {
+        match c {
+            Commit::Pending(p) => {
+                order.push(Ok(p.conn));
+                to_sync.push(p);
+            }
+            Commit::Failed { conn, reason } => order.push(Err((conn, reason))),
+        }
+    }
+    let mut synced = pool.sync_all(to_sync).into_iter();
+    let mut out = Vec::with_capacity(order.len());
+    for next in order {
+        let conn = match next {
+            Ok(conn) => conn,
+            Err((conn, reason)) => {
+                out.push((conn, Err(reason)));
+                continue;
+            }
+        };
+        // sync_all answers once per message, in order; a missing answer is still a failure.
+        let sync = match synced.next() {
+            Some((synced_conn, sync)) if synced_conn == conn => sync,
+            _ => Err(io::Error::other("no fdatasync result")),
+        };
+        let p = match sync {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("conn={conn} cannot sync spool file: {e}");
+                out.push((conn, Err(e.to_string())));
+                continue;
+            }
+        };
+        let size = p.writer.size();
+        match p.writer.commit_file() {
+            Ok(id) => out.push((
+                conn,
+                Ok(Committed {
+                    id,
+                    sender: p.sender,
+                    nrcpt: p.nrcpt,
+                    size,
+                }),
+            )),
+            Err(e) => {
+                log::error!("conn={} cannot commit spool file: {e}", p.log_id);
+                out.push((conn, Err(e.to_string())));
+            }
+        }
+    }
+    out
+}
+
+/// Makes the renamed messages durable with one directory fsync and reports everything, each
+/// connection's results in the order it asked. Returns false when the loop is gone.
+fn finish(
+    spool: &Spool,
+    mut outcomes: Vec<(usize, Result<Committed, String>)>,
+    done: &Sender<Done>,
+    stats: &Stats,
+) -> bool {
+    let renamed = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
+    if renamed > 0 {
         let synced = spool.sync_dir();
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         match synced {
             Ok(()) => {
-                stats
-                    .commits
-                    .fetch_add(batch.committed.len() as u64, Ordering::Relaxed);
-                for (conn, c) in batch.committed {
-                    results.push(Done::Committed {
-                        conn,
-                        result: Ok(c),
-                    });
-                }
+                stats.commits.fetch_add(renamed as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 // The files are in queue/ and will probably be delivered, but we cannot say
                 // they are safe: the client gets 452 and may send again. A duplicate is
                 // better than a lost message.
                 log::error!("cannot sync the spool directory: {e}");
-                for (conn, c) in batch.committed {
-                    log::warn!(
-                        "{}: not confirmed to the client (directory sync failed)",
-                        c.id
-                    );
-                    results.push(Done::Committed {
-                        conn,
-                        result: Err(e.to_string()),
-                    });
+                for (_, result) in outcomes.iter_mut() {
+                    if let Ok(c) = result {
+                        log::warn!(
+                            "{}: not confirmed to the client (directory sync failed)",
+                            c.id
+                        );
+                        *result = Err(e.to_string());
+                    }
                 }
             }
         }
     }
-    for (conn, reason) in batch.failed {
-        results.push(Done::Committed {
-            conn,
-            result: Err(reason),
-        });
-    }
-    results.into_iter().all(|r| done.send(r).is_ok())
+    outcomes
+        .into_iter()
+        .all(|(conn, result)| done.send(Done::Committed { conn, result }).is_ok())
 }
 
 #[cfg(test)]
@@ -343,20 +591,19 @@ mod tests {
         })
     }
 
-    /// Collects `n` results, waiting on the waker's poll as the event loop would.
+    /// Collects results until `n` commits are answered, waiting on the waker's poll as the
+    /// event loop would (write acknowledgements come earlier, on their own).
     fn collect(poll: &mut mio::Poll, worker: &SpoolWorker, n: usize) -> Vec<Done> {
         let mut events = mio::Events::with_capacity(8);
         let mut out = Vec::new();
+        let mut commits = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while out.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} results",
-                out.len()
-            );
+        while commits < n {
+            assert!(Instant::now() < deadline, "only {commits} of {n} commits");
             poll.poll(&mut events, Some(Duration::from_millis(100)))
                 .unwrap();
             while let Some(d) = worker.try_recv() {
+                commits += usize::from(matches!(d, Done::Committed { .. }));
                 out.push(d);
             }
         }
@@ -465,5 +712,54 @@ mod tests {
         assert_eq!(stats.commits.load(Ordering::Relaxed), 5);
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 1);
         assert_eq!(spool.list().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn parallel_syncs_commit_in_arrival_order() {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-order-{}", std::process::id()));
+        let _cleanup = TempSpool(root.clone());
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        let pool = SyncPool::start(3);
+        // Ten commits, two of them already failed, more than the pool has threads.
+        let mut commits = Vec::new();
+        for conn in 0..10 {
+            if conn % 4 == 3 {
+                let reason = format!("r{conn}");
+                commits.push(Commit::Failed { conn, reason });
+                continue;
+            }
+            let mut writer = spool.create(&envelope("a@example.org", 1)).unwrap();
+            writer
+                .write_all(format!("Subject: {conn}\r\n\r\nbody\r\n").as_bytes())
+                .unwrap();
+            commits.push(Commit::Pending(Pending {
+                conn,
+                log_id: conn as u64,
+                writer,
+                sender: format!("s{conn}@example.org"),
+                nrcpt: 1,
+            }));
+        }
+        let out = commit_all(&pool, commits);
+        let conns: Vec<usize> = out.iter().map(|(conn, _)| *conn).collect();
+        assert_eq!(conns, (0..10).collect::<Vec<_>>());
+        let mut ids = Vec::new();
+        for (conn, result) in &out {
+            match result {
+                Ok(c) => {
+                    assert_ne!(conn % 4, 3, "{conn}");
+                    assert_eq!(c.sender, format!("s{conn}@example.org"));
+                    ids.push(c.id.clone());
+                }
+                Err(reason) => assert_eq!(reason, &format!("r{conn}")),
+            }
+        }
+        assert_eq!(ids.len(), 8);
+        // Renamed in arrival order: queue IDs increase with it.
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        spool.sync_dir().unwrap();
+        let listed: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(listed, ids);
     }
 }
