@@ -622,10 +622,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
             // Something about this entry itself (a link swapped in after the lstat, a mode
             // we may not read): keep it in failed/ for a human.
-            Err(e)
-                if e.raw_os_error() == Some(Errno::ELOOP as i32)
-                    || e.raw_os_error() == Some(Errno::EACCES as i32) =>
-            {
+            Err(e) if is_the_files_fault(&e) => {
                 return self.set_aside(&path, &shown, &format!("cannot open: {e}"));
             }
             // Out of descriptors or memory, an I/O error: nothing wrong with the message, so
@@ -1024,6 +1021,39 @@ fn refusal(meta: &fs::Metadata) -> Option<String> {
         return Some(format!("hard link ({} links)", meta.nlink()));
     }
     None
+}
+
+/// Whether opening a maildrop entry failed because of the entry itself (a link swapped in
+/// after the `lstat`, a mode we may not read), so that it belongs in `failed/`; any other
+/// error (EMFILE, ENFILE, ENOMEM, EIO…) is the system's and must be retried, never acted on.
+fn is_the_files_fault(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ELOOP | Errno::EACCES | Errno::EPERM)
+    )
+}
+
+#[cfg(test)]
+mod open_error_tests {
+    use super::*;
+
+    #[test]
+    fn maildrop_open_errors_of_the_system_never_set_mail_aside() {
+        for errno in [Errno::ELOOP, Errno::EACCES, Errno::EPERM] {
+            assert!(is_the_files_fault(&io::Error::from(errno)), "{errno}");
+        }
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::EIO,
+            Errno::EINTR,
+            Errno::ENOSPC,
+        ] {
+            assert!(!is_the_files_fault(&io::Error::from(errno)), "{errno}");
+        }
+        assert!(!is_the_files_fault(&io::Error::other("no errno")));
+    }
 }
 
 fn too_big(len: u64, limit: u64) -> String {
