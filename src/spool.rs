@@ -64,10 +64,14 @@
 //! `QUEUEID.RANDOM`; the daemon reads it as the spool owner. Its content is untrusted:
 //! [`Spool::ingest_maildrop`] never follows a link, accepts only regular files with one link
 //! within the size limit, replaces the claimed origin with the file owner's uid, and keeps the
-//! arrival order through the queue ID in the name. Links, FIFOs, devices, directories and
-//! oversized files are refused and removed (only the directory entry: their targets are never
-//! opened). A regular file whose header does not parse is moved to `failed/` with a reason
-//! instead, so that no message is ever deleted silently.
+//! arrival order through the queue ID in the name when that ID is within [`ID_WINDOW`] of the
+//! file's ctime (its arrival time within [`ARRIVAL_WINDOW`] before it). Links, FIFOs, devices,
+//! directories and hard links were never a message `sendmail` acknowledged: they are refused
+//! and removed (only the directory entry: their targets are never opened). A regular file
+//! that cannot be queued (too big, a header that does not parse, a mode we may not read) is
+//! moved to `failed/` with a reason instead, so that no message is ever deleted; an error that
+//! is not the file's fault (out of descriptors or memory, I/O) stops the pass and leaves the
+//! file for the next one.
 //!
 //! # Ownership
 //!
@@ -116,6 +120,15 @@ const REASON_SUFFIX: &str = ".reason";
 const WRITE_BUFFER: usize = 64 << 10;
 /// Length of a queue ID: 14 hex digits of microseconds, 4 of sequence, 8 of pid.
 const ID_LEN: usize = 26;
+/// How far a maildrop file's claimed queue ID may be from the moment it was renamed into
+/// `maildrop/` (its ctime). `sendmail` generates the ID just before that rename, so a minute
+/// is ample for an honest one; a claim outside it gets a fresh ID, which bounds how far a
+/// local user can move a message ahead of waiting mail.
+const ID_WINDOW: Duration = Duration::from_secs(60);
+/// How long before its rename into `maildrop/` a message's claimed arrival time may lie
+/// (`sendmail` reads its input in between); an earlier or later claim becomes the rename
+/// time, so nobody can backdate a message to expire it at its first failed attempt.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(600);
 
 /// Why a spool file (or a maildrop entry claiming to be one) could not be read.
 #[derive(Debug)]
@@ -390,8 +403,8 @@ pub struct RunnerLock {
 pub struct IngestReport {
     /// Messages moved into `queue/`.
     pub accepted: usize,
-    /// Entries refused (links, FIFOs, devices, over the size limit, unparsable), each logged
-    /// and moved aside or removed as the documentation says.
+    /// Entries refused, each logged: links, FIFOs, devices and directories removed; regular
+    /// files over the size limit, unparsable or unreadable moved to `failed/`.
     pub refused: usize,
 }
 
@@ -526,12 +539,16 @@ impl Spool {
     /// Each entry is first examined with `lstat`, so a symbolic link, FIFO, device or
     /// directory is refused without ever being opened; a regular file is then opened with
     /// `O_NOFOLLOW | O_NONBLOCK` and checked again with `fstat` (same inode, still regular,
-    /// one link, within `max_size` + [`MAX_HEADER_BYTES`]). Refused entries are logged as
+    /// one link). Entries that are not such a file are logged as
     /// `refused maildrop entry NAME: reason` and unlinked (only the entry: a link's target is
-    /// untouched); a regular file whose header does not parse moves to `failed/` with a
-    /// reason file instead. An accepted message keeps the queue ID in its name when that is a
-    /// valid ID not in the future and still free, so maildrop and SMTP mail interleave in
-    /// commit order; its origin becomes the file owner's uid, whatever the header claimed.
+    /// untouched); a regular file over `max_size` + [`MAX_HEADER_BYTES`], with a header that
+    /// does not parse or that we may not open moves to `failed/` with a reason file instead.
+    /// Any other open error (EMFILE, ENOMEM, EIO…) ends the pass with that error and deletes
+    /// nothing. An accepted message keeps the queue ID in its name when that is a valid ID
+    /// not in the future, within [`ID_WINDOW`] of the file's ctime and still free, so
+    /// maildrop and SMTP mail interleave in commit order; its arrival time is the claimed one
+    /// only within [`ARRIVAL_WINDOW`] before the ctime, else the ctime; its origin becomes
+    /// the file owner's uid, whatever the header claimed.
     /// The maildrop entry is unlinked only after the copy in `queue/` is durable.
     pub fn ingest_maildrop(&self, max_size: u64) -> io::Result<IngestReport> {
         // Two ingestions at once (`mailq` beside a delivery pass) would copy the same entry
@@ -586,8 +603,13 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
             Err(e) => return Err(e),
         };
-        if let Some(reason) = refusal(&meta, limit) {
+        if let Some(reason) = refusal(&meta) {
             return self.refuse(&path, &shown, &reason, meta.is_dir());
+        }
+        if meta.len() > limit {
+            // A regular file with one link is what `sendmail` acknowledged with exit 0: a
+            // lowered size limit must not delete it.
+            return self.set_aside(&path, &shown, &too_big(meta.len(), limit));
         }
         let file = match OpenOptions::new()
             .read(true)
@@ -598,26 +620,35 @@ impl Spool {
         {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
-            Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
-                return self.refuse(&path, &shown, "symbolic link", false)
+            // Something about this entry itself (a link swapped in after the lstat, a mode
+            // we may not read): keep it in failed/ for a human.
+            Err(e) if is_the_files_fault(&e) => {
+                return self.set_aside(&path, &shown, &format!("cannot open: {e}"));
             }
-            Err(e) => return self.refuse(&path, &shown, &format!("cannot open: {e}"), false),
+            // Out of descriptors or memory, an I/O error: nothing wrong with the message, so
+            // stop this pass and try again next time; never delete.
+            Err(e) => {
+                log::warn!("cannot open maildrop entry {shown}: {e}; retrying next pass");
+                return Err(e);
+            }
         };
         let fmeta = file.metadata()?;
         if fmeta.ino() != meta.ino() || fmeta.dev() != meta.dev() {
-            return self.refuse(&path, &shown, "replaced while being opened", false);
+            // Renamed or replaced between lstat and open: look again next pass.
+            log::warn!("maildrop entry {shown} was replaced while being opened; skipped");
+            return Ok(Ingested::Gone);
         }
-        if let Some(reason) = refusal(&fmeta, limit) {
+        if let Some(reason) = refusal(&fmeta) {
             return self.refuse(&path, &shown, &reason, false);
+        }
+        if fmeta.len() > limit {
+            return self.set_aside(&path, &shown, &too_big(fmeta.len(), limit));
         }
         let mut reader = BufReader::new(file.take(limit.saturating_add(1)));
         let (mut envelope, header_len) = match parse_header(&mut reader) {
             Ok(parsed) => parsed,
             Err(FormatError::Io(e)) => return Err(e),
-            Err(e) => {
-                self.move_aside(&path, &shown, &e.to_string())?;
-                return Ok(Ingested::Refused);
-            }
+            Err(e) => return self.set_aside(&path, &shown, &e.to_string()),
         };
         // The header is the sender's word; the file's owner is the kernel's.
         let uid = fmeta.uid();
@@ -625,25 +656,38 @@ impl Spool {
             uid,
             user: user_name(uid),
         };
+        // So is the inode change time, which the rename into maildrop/ set and which, unlike
+        // the mtime, its owner cannot choose: the claimed arrival time and queue ID are
+        // honoured only near it, so nobody can backdate a message (expiring it at its first
+        // failure) or jump ahead of waiting mail.
         let now = SystemTime::now();
-        if envelope.arrival > now {
-            envelope.arrival = now;
+        let changed = UNIX_EPOCH
+            .checked_add(Duration::new(
+                u64::try_from(fmeta.ctime()).unwrap_or(0),
+                u32::try_from(fmeta.ctime_nsec()).unwrap_or(0),
+            ))
+            .unwrap_or(now)
+            .min(now);
+        if !near(envelope.arrival, changed, ARRIVAL_WINDOW) || envelope.arrival > changed {
+            envelope.arrival = changed;
         }
         let preferred = name
             .as_bytes()
             .get(..ID_LEN)
             .filter(|p| is_id(p) && name.as_bytes().get(ID_LEN) == Some(&b'.'))
             .map(|p| QueueId(String::from_utf8_lossy(p).into_owned()))
-            .filter(|id| id.time().is_some_and(|t| t <= now));
+            .filter(|id| {
+                id.time()
+                    .is_some_and(|t| t <= now && near(t, changed, ID_WINDOW))
+            });
         let mut writer = SpoolWriter::start(&self.queue_dir(), Area::Queue, &envelope, preferred)?;
         let copied = io::copy(&mut reader.take(max_size.saturating_add(1)), &mut writer)?;
         if copied > max_size {
             drop(writer);
-            return self.refuse(
+            return self.set_aside(
                 &path,
                 &shown,
                 &format!("too big (more than {max_size} bytes)"),
-                false,
             );
         }
         let size = writer.size();
@@ -657,6 +701,8 @@ impl Spool {
         Ok(Ingested::Accepted(path))
     }
 
+    /// Removes an entry that was never a message `sendmail` acknowledged (a link, FIFO,
+    /// device, directory or hard link).
     fn refuse(&self, path: &Path, shown: &str, reason: &str, dir: bool) -> io::Result<Ingested> {
         log::warn!("refused maildrop entry {shown}: {reason}");
         // unlink removes the entry itself, never what a link points to.
@@ -673,29 +719,33 @@ impl Spool {
         Ok(Ingested::Refused)
     }
 
+    /// Keeps a regular maildrop file that cannot be queued in `failed/`, with a reason.
+    fn set_aside(&self, path: &Path, shown: &str, reason: &str) -> io::Result<Ingested> {
+        self.move_aside(path, shown, reason)?;
+        Ok(Ingested::Refused)
+    }
+
     fn move_aside(&self, path: &Path, shown: &str, reason: &str) -> io::Result<()> {
-        let id = QueueId::generate();
         let failed = self.failed_dir();
-        log::error!("refused maildrop entry {shown}: {reason}; moved to failed/{id}");
-        write_atomic(
-            &failed,
-            &format!("{id}{REASON_SUFFIX}"),
-            format!(
-                "reason: unreadable maildrop file {shown}: {reason}\nfailed: {}\n",
-                crate::datetime::iso(SystemTime::now())
-            )
-            .as_bytes(),
-            0o600,
-        )?;
-        let reason_file = failed.join(format!("{id}{REASON_SUFFIX}"));
-        if let Err(e) = fs::rename(path, failed.join(&id.0)) {
-            // Keep the entry where it is (it is refused again next time) rather than lose it,
-            // and leave no reason without its message.
-            log::error!("cannot move maildrop entry {shown} to failed/: {e}");
-            remove_if_exists(&reason_file)?;
-            return Ok(());
+        let text = format!(
+            "reason: refused maildrop file {shown}: {}\nfailed: {}\n",
+            escape_text(reason),
+            crate::datetime::iso(SystemTime::now())
+        );
+        match place_failed(&failed, &QueueId::generate(), path, text.as_bytes()) {
+            Ok(name) => {
+                log::warn!("refused maildrop entry {shown}: {reason}; moved to failed/{name}");
+                fsync_dir(&failed)
+            }
+            Err(e) => {
+                // Keep the entry where it is (it is looked at again next time) rather than
+                // lose it.
+                log::error!(
+                    "refused maildrop entry {shown}: {reason}; cannot move it to failed/: {e}"
+                );
+                Ok(())
+            }
         }
-        fsync_dir(&failed)
     }
 
     /// The messages in `queue/`, oldest first.
@@ -818,7 +868,8 @@ impl Spool {
     ///
     /// The reason file (`failed/ID.reason`: reason, time, attempts, arrival, sender,
     /// recipients) is written and fsync'd before the message moves, so a message in
-    /// `failed/` always has its reason.
+    /// `failed/` always has its reason. Nothing in `failed/` is ever replaced: when `ID` is
+    /// taken there, the message becomes `failed/ID-N` (and `ID-N.reason`).
     pub fn fail(&self, id: &QueueId, reason: &str) -> io::Result<()> {
         let path = self.message_path(id)?;
         let failed = self.failed_dir();
@@ -842,13 +893,11 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
             Err(e) => text.push_str(&format!("header: {e}\n")),
         }
-        write_atomic(
-            &failed,
-            &format!("{id}{REASON_SUFFIX}"),
-            text.as_bytes(),
-            0o600,
-        )?;
-        fs::rename(&path, failed.join(&id.0))?;
+        // Never over an earlier failure of the same name: it gets a suffix instead.
+        let name = place_failed(&failed, id, &path, text.as_bytes())?;
+        if name != id.0 {
+            log::warn!("{id}: failed/{id} already taken, moved to failed/{name}");
+        }
         remove_if_exists(&self.retry_path(id))?;
         fsync_dir(&failed)?;
         fsync_dir(&self.queue_dir())
@@ -941,12 +990,14 @@ enum Ingested {
     Accepted(PathBuf),
     /// Refused, logged, removed or moved aside.
     Refused,
-    /// Vanished before we got to it.
+    /// Vanished before we got to it, or was replaced between `lstat` and `open` (looked at
+    /// again in the next pass).
     Gone,
 }
 
-/// Why a maildrop entry must not be read, judged from its (l)stat.
-fn refusal(meta: &fs::Metadata, limit: u64) -> Option<String> {
+/// Why a maildrop entry is not a message at all (and may be removed), judged from its
+/// (l)stat: anything but a regular file with exactly one link.
+fn refusal(meta: &fs::Metadata) -> Option<String> {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         Some("symbolic link")
@@ -969,10 +1020,85 @@ fn refusal(meta: &fs::Metadata, limit: u64) -> Option<String> {
     if meta.nlink() != 1 {
         return Some(format!("hard link ({} links)", meta.nlink()));
     }
-    if meta.len() > limit {
-        return Some(format!("too big ({} bytes, limit {limit})", meta.len()));
-    }
     None
+}
+
+/// Whether opening a maildrop entry failed because of the entry itself (a link swapped in
+/// after the `lstat`, a mode we may not read), so that it belongs in `failed/`; any other
+/// error (EMFILE, ENFILE, ENOMEM, EIO…) is the system's and must be retried, never acted on.
+fn is_the_files_fault(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ELOOP | Errno::EACCES | Errno::EPERM)
+    )
+}
+
+#[cfg(test)]
+mod open_error_tests {
+    use super::*;
+
+    #[test]
+    fn maildrop_open_errors_of_the_system_never_set_mail_aside() {
+        for errno in [Errno::ELOOP, Errno::EACCES, Errno::EPERM] {
+            assert!(is_the_files_fault(&io::Error::from(errno)), "{errno}");
+        }
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::EIO,
+            Errno::EINTR,
+            Errno::ENOSPC,
+        ] {
+            assert!(!is_the_files_fault(&io::Error::from(errno)), "{errno}");
+        }
+        assert!(!is_the_files_fault(&io::Error::other("no errno")));
+    }
+}
+
+fn too_big(len: u64, limit: u64) -> String {
+    format!("too big ({len} bytes, limit {limit})")
+}
+
+/// Whether `a` and `b` are at most `window` apart.
+fn near(a: SystemTime, b: SystemTime, window: Duration) -> bool {
+    match a.duration_since(b) {
+        Ok(d) => d <= window,
+        Err(e) => e.duration() <= window,
+    }
+}
+
+/// Writes `failed/NAME.reason` and then moves `from` to `failed/NAME`, never replacing
+/// anything already there: `NAME` is `id`, or `id-N` when that is taken. Returns `NAME`.
+fn place_failed(failed: &Path, id: &QueueId, from: &Path, reason: &[u8]) -> io::Result<String> {
+    let mut last_err = None;
+    for n in 0..100u32 {
+        let name = if n == 0 {
+            id.0.clone()
+        } else {
+            format!("{id}-{n}")
+        };
+        let reason_name = format!("{name}{REASON_SUFFIX}");
+        let target = failed.join(&name);
+        if fs::symlink_metadata(&target).is_ok()
+            || fs::symlink_metadata(failed.join(&reason_name)).is_ok()
+        {
+            continue;
+        }
+        write_atomic(failed, &reason_name, reason, 0o600)?;
+        match rename_noreplace(from, &target) {
+            Ok(()) => return Ok(name),
+            Err(e) => {
+                // Leave no reason without its message.
+                remove_if_exists(&failed.join(&reason_name))?;
+                if e.kind() != io::ErrorKind::AlreadyExists {
+                    return Err(e);
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no free name in failed/")))
 }
 
 impl SpoolWriter {

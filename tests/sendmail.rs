@@ -1044,3 +1044,60 @@ fn smtp_on_stdin() {
     let (_, raw) = Spool::new(w.spool()).read(&q[0].id, 1 << 20).unwrap();
     assert!(raw.windows(10).any(|win| win == b".stuffed\r\n"), "{raw:?}");
 }
+
+/// mailq output injection: a local user's control characters (terminal escapes, a forged
+/// line) never reach root's terminal: refused in `-f`, arguments, `-t` headers and `From `
+/// lines with exit 64, and escaped when `mailq` lists what is already queued.
+#[test]
+fn mailq_output_injection_is_refused_and_escaped() {
+    let w = World::new("inject");
+    let hostile = "\"a\x1b]0;x\x07\nFAKE\"@x";
+    let refused = [
+        w.call(&["-f", hostile, "r@x"])
+            .stdin(b"Subject: s\n\nx\n")
+            .run(),
+        w.call(&["-i", "r@x", hostile])
+            .stdin(b"Subject: s\n\nx\n")
+            .run(),
+        w.call(&["-t"])
+            .stdin(b"To: \"b\x1b[2J\"@x\nSubject: s\n\nx\n")
+            .run(),
+        w.call(&["r@x"])
+            .stdin(b"From \"c\x07\"@x Mon Jan  1 00:00:00 2024\nSubject: s\n\nx\n")
+            .run(),
+    ];
+    for out in &refused {
+        let line = out.assert_failure(64);
+        assert!(line.contains("control character"), "{out:?}");
+        assert!(!line.contains('\x1b') && !line.contains('\x07'), "{out:?}");
+    }
+    assert!(w.bridge.received().is_empty());
+
+    // Already queued (by an older version, or over SMTP before it refused them): escaped.
+    let spool = Spool::new(w.spool());
+    spool.prepare(None).unwrap();
+    let envelope = smtp_bridge::envelope::Envelope {
+        sender: "a\x1b]0;x\x07\nFAKE@x".into(),
+        recipients: vec!["r\x1b[2J@x".into()],
+        origin: smtp_bridge::envelope::Origin::Local {
+            uid: 0,
+            user: "root".into(),
+        },
+        arrival: std::time::SystemTime::now(),
+    };
+    let mut writer = spool.create(&envelope).unwrap();
+    writer.write_all(b"Subject: s\n\nx\n").unwrap();
+    let id = writer.commit().unwrap();
+    spool
+        .defer(&id, std::time::SystemTime::now(), "HTTP 500\x1b[31m red")
+        .unwrap();
+    let mailq = w.call(&[]).arg0("mailq").run();
+    assert_eq!(mailq.code, 0, "{mailq:?}");
+    assert_eq!(mailq.stdout.lines().count(), 1, "{mailq:?}");
+    assert!(
+        !mailq.stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{mailq:?}"
+    );
+    assert!(mailq.stdout.contains("a%1B]0;x%07%0AFAKE@x"), "{mailq:?}");
+    assert!(mailq.stdout.contains("r%1B[2J@x"), "{mailq:?}");
+}

@@ -532,23 +532,27 @@ fn maildrop_refuses_links_fifos_devices_directories_oversize_and_garbage() {
         .map(|e| spool.read(&e.id, 1000).unwrap().1)
         .collect();
     assert_eq!(bodies, vec![b"fine".to_vec(), b"also fine".to_vec()]);
-    // The claimed origin (uid 0, "root") is replaced by the file's owner.
+    // The claimed origin (uid 0, "root") is replaced by the file's owner, and the claimed
+    // arrival (years ago) by the time the file was renamed into maildrop/.
     let me = nix::unistd::geteuid().as_raw();
+    let recent = SystemTime::now() - Duration::from_secs(600);
     for entry in &list {
         match &entry.envelope.origin {
             Origin::Local { uid, .. } => assert_eq!(*uid, me),
             other => panic!("origin {other:?}"),
         }
-        assert_eq!(
-            entry.envelope.arrival,
-            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        assert!(
+            entry.envelope.arrival > recent,
+            "{:?}",
+            entry.envelope.arrival
         );
     }
 
-    // Unparsable regular files are kept in failed/ with a reason, never silently deleted.
+    // Regular files that cannot be queued (unparsable, oversize) are kept in failed/ with a
+    // reason, never deleted: sendmail acknowledged them.
     let failed = spool.root().join("failed");
     let kept = names(&failed);
-    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert_eq!(kept.len(), 8, "{kept:?}");
     let contents: Vec<Vec<u8>> = kept
         .iter()
         .filter(|n| !n.ends_with(".reason"))
@@ -568,6 +572,78 @@ fn maildrop_refuses_links_fifos_devices_directories_oversize_and_garbage() {
         reasons.iter().any(|r| r.contains("I-truncated")),
         "{reasons:?}"
     );
+    for name in ["F-oversize", "G-huge"] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains(name) && r.contains("too big")),
+            "{name}: {reasons:?}"
+        );
+    }
+    assert!(contents.contains(&forged(&"x".repeat(5000))));
+}
+
+#[test]
+fn lowered_size_limit_does_not_lose_acknowledged_maildrop_mail() {
+    let dir = TestDir::new("spool-lowered-limit");
+    let spool = prepared(&dir);
+    // Spooled (and acknowledged with exit 0) under a generous limit...
+    let body = vec![b'b'; 10_000];
+    drop_message(&spool, &envelope("s@x", &["r@x"]), &body);
+    let dropped = names(&spool.root().join("maildrop"));
+    let content = fs::read(spool.root().join("maildrop").join(&dropped[0])).unwrap();
+    // ...then ingested (by `mailq`, say) after the admin lowered it.
+    let report = spool.ingest_maildrop(100).unwrap();
+    assert_eq!((report.accepted, report.refused), (0, 1));
+    assert!(spool.list().unwrap().is_empty());
+    let failed = spool.root().join("failed");
+    let kept: Vec<Vec<u8>> = names(&failed)
+        .iter()
+        .filter(|n| !n.ends_with(".reason"))
+        .map(|n| fs::read(failed.join(n)).unwrap())
+        .collect();
+    assert_eq!(kept, vec![content], "the message is kept byte for byte");
+}
+
+#[test]
+fn maildrop_claimed_id_and_arrival_cannot_jump_the_queue_or_backdate() {
+    let dir = TestDir::new("spool-claims");
+    let spool = prepared(&dir);
+    let waiting = queue_message(&spool, &envelope("w@x", &["r@x"]), b"waiting");
+    let maildrop = spool.root().join("maildrop");
+    // ID time 0: ahead of everything.
+    let early = "00000000000000000000000001";
+    fs::write(maildrop.join(format!("{early}.aaaa")), forged("jumper")).unwrap();
+    let report = spool.ingest_maildrop(1 << 20).unwrap();
+    assert_eq!(report.accepted, 1);
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, waiting, "waiting mail stays first");
+    assert!(list.iter().all(|e| e.id.0 != early));
+    // The claimed arrival (2023) is not believed: no expiry at the first failure.
+    assert!(list[1].envelope.arrival > SystemTime::now() - Duration::from_secs(600));
+}
+
+#[test]
+fn fail_never_overwrites_an_existing_failed_message() {
+    let dir = TestDir::new("spool-fail-noreplace");
+    let spool = prepared(&dir);
+    let id = queue_message(&spool, &envelope("a@x", &["r@x"]), b"second");
+    let failed = spool.root().join("failed");
+    fs::write(failed.join(&id.0), b"first").unwrap();
+    fs::write(failed.join(format!("{id}.reason")), b"first reason").unwrap();
+    spool.fail(&id, "lifetime expired").unwrap();
+    assert_eq!(fs::read(failed.join(&id.0)).unwrap(), b"first");
+    assert_eq!(
+        fs::read(failed.join(format!("{id}.reason"))).unwrap(),
+        b"first reason"
+    );
+    let moved = failed.join(format!("{id}-1"));
+    assert!(fs::read(&moved).unwrap().ends_with(b"second"));
+    assert!(fs::read_to_string(failed.join(format!("{id}-1.reason")))
+        .unwrap()
+        .contains("lifetime expired"));
+    assert!(spool.list().unwrap().is_empty());
 }
 
 #[test]

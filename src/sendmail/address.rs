@@ -22,6 +22,13 @@ pub fn parse_mailbox(text: &str) -> Option<String> {
     parse_list(text).into_iter().next()
 }
 
+/// Whether an address holds a control character (below 0x20, or DEL). Such an address is
+/// refused (exit 64), as the SMTP side refuses it: it could forge a line or send terminal
+/// escapes to whoever reads `mailq` or the log.
+pub fn has_control(address: &str) -> bool {
+    address.chars().any(|c| c < ' ' || c == '\x7f')
+}
+
 /// Splits a list at the commas and group delimiters that lie outside quotes, comments and
 /// angle brackets. A group label (`team: a, b;`) is dropped with its colon.
 fn split_items(text: &str) -> Vec<String> {

@@ -73,6 +73,10 @@ pub enum ArgsError {
     /// Occurs when `-t` is combined with a mode other than delivery (`-t -bv`), as Postfix
     /// refuses it.
     ExtractOutsideDelivery,
+    /// Occurs when the sender (`-f`, `-r`, a `From ` line) or a recipient (an argument, or a
+    /// header under `-t`) holds a control character; the field is named, the address is not
+    /// repeated.
+    ControlCharacter(&'static str),
 }
 
 impl fmt::Display for ArgsError {
@@ -85,6 +89,9 @@ impl fmt::Display for ArgsError {
             ArgsError::Unsupported(opt) => write!(f, "{}: unsupported mode", opt.escape_debug()),
             ArgsError::ExtractOutsideDelivery => {
                 f.write_str("-t can be used only in delivery mode")
+            }
+            ArgsError::ControlCharacter(what) => {
+                write!(f, "{what} address contains a control character")
             }
         }
     }
@@ -221,7 +228,11 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgsError> {
             args.ignored.push(arg.clone());
             continue;
         }
-        args.recipients.extend(address::parse_list(arg));
+        let parsed = address::parse_list(arg);
+        if parsed.iter().any(|a| address::has_control(a)) {
+            return Err(ArgsError::ControlCharacter("recipient"));
+        }
+        args.recipients.extend(parsed);
     }
     if args.extract_recipients && args.mode != Mode::Deliver {
         return Err(ArgsError::ExtractOutsideDelivery);
@@ -245,7 +256,13 @@ impl Args {
 
     fn apply_value(&mut self, letter: char, value: &str) -> Result<(), ArgsError> {
         match letter {
-            'f' | 'r' => self.sender = Some(address::parse_mailbox(value).unwrap_or_default()),
+            'f' | 'r' => {
+                let sender = address::parse_mailbox(value).unwrap_or_default();
+                if address::has_control(&sender) {
+                    return Err(ArgsError::ControlCharacter("sender"));
+                }
+                self.sender = Some(sender);
+            }
             'F' => self.full_name = Some(value.to_owned()),
             'b' => self.apply_mode(value)?,
             'o' => self.apply_o(value),
@@ -747,6 +764,19 @@ mod tests {
             (&["sendmail", "-f"], ArgsError::MissingValue('f')),
             (&["sendmail", "-i", "-o"], ArgsError::MissingValue('o')),
             (&["sendmail", "--config"], ArgsError::MissingConfigPath),
+            // mailq_output_injection: control characters in addresses are refused.
+            (
+                &["sendmail", "-f", "\"a\x1b]0;x\x07\nFAKE\"@x", "r@x"],
+                ArgsError::ControlCharacter("sender"),
+            ),
+            (
+                &["sendmail", "-r\"a\x7f\"@x", "r@x"],
+                ArgsError::ControlCharacter("sender"),
+            ),
+            (
+                &["sendmail", "-i", "ok@x", "\"b\x1b[2J\"@x"],
+                ArgsError::ControlCharacter("recipient"),
+            ),
         ];
         for (words, want) in cases {
             assert_eq!(parse(&argv(words)).as_ref().err(), Some(want), "{words:?}");

@@ -367,6 +367,16 @@ fn deliver(
     }
     let envelope =
         envelope.unwrap_or_else(|| build_envelope(config, args, &origin, &intake, &start, arrival));
+    // `-f` and the argv recipients were checked when parsed; a `From ` line and `-t` headers
+    // come from the message.
+    if address::has_control(&envelope.sender) {
+        return Err(SendmailError::Usage(ArgsError::ControlCharacter("sender")));
+    }
+    if envelope.recipients.iter().any(|r| address::has_control(r)) {
+        return Err(SendmailError::Usage(ArgsError::ControlCharacter(
+            "recipient",
+        )));
+    }
     if envelope.recipients.is_empty() && config.strict_recipients {
         return Err(SendmailError::NoRecipients);
     }
@@ -489,25 +499,49 @@ fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailErr
         text.push_str("Mail queue is empty\n");
     }
     for entry in &entries {
+        // Addresses come from any local user and this goes to root's terminal: control
+        // characters are shown %XX-escaped, never sent as is.
         let recipients = if entry.envelope.recipients.is_empty() {
             "(no recipients)".to_owned()
         } else {
-            entry.envelope.recipients.join(", ")
+            entry
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| printable(r))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         text.push_str(&format!(
             "{}  {:>8}  {}  <{}>  {}",
             entry.id,
             entry.size,
             crate::datetime::iso(entry.envelope.arrival),
-            entry.envelope.sender,
+            printable(&entry.envelope.sender),
             recipients
         ));
         if let Some(error) = &entry.last_error {
-            text.push_str(&format!("  ({})", one_line(error)));
+            text.push_str(&format!("  ({})", printable(&one_line(error))));
         }
         text.push('\n');
     }
     write_output(output, text.as_bytes())
+}
+
+/// A reason as readable text with its control characters (ESC, BEL, …) `%XX`-escaped.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Keeps a listing to one line per message whatever a stored reason holds.

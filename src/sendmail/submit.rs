@@ -240,7 +240,7 @@ fn finish(
         Err(source) => {
             log::error!(
                 "from=<{}> size={size} nrcpt={} status=tempfail (cannot queue message: {source}{})",
-                envelope.sender,
+                crate::spool::escape(envelope.sender.as_bytes()),
                 envelope.recipients.len(),
                 why.as_deref()
                     .map(|w| format!("; bridge: {w}"))
@@ -255,13 +255,47 @@ fn finish(
 }
 
 fn log_submission(id: &QueueId, envelope: &Envelope, size: u64, status: &str) {
+    log::info!("{}", submission_line(id, envelope, size, status));
+}
+
+/// The log line of one submission, without a level or ident.
+fn submission_line(id: &QueueId, envelope: &Envelope, size: u64, status: &str) -> String {
     let who = match &envelope.origin {
         Origin::Local { uid, .. } => format!("uid={uid}"),
         Origin::Smtp { peer, .. } => format!("client={peer}"),
     };
-    log::info!(
+    format!(
         "{id}: {who} from=<{}> size={size} nrcpt={} status={status}",
-        envelope.sender,
+        // The sender is the caller's text: escaped as spool.rs and deliver.rs log it, so it
+        // can neither end the line nor forge a field.
+        crate::spool::escape(envelope.sender.as_bytes()),
         envelope.recipients.len()
-    );
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_field_forgery_sender_is_escaped() {
+        let envelope = Envelope {
+            sender: "a> size=0 status=sent\nFAKE: from=<x".into(),
+            recipients: vec!["r@x".into()],
+            origin: Origin::Local {
+                uid: 1000,
+                user: "u".into(),
+            },
+            arrival: std::time::SystemTime::now(),
+        };
+        let id = QueueId::generate();
+        let line = submission_line(&id, &envelope, 5, "sent");
+        assert_eq!(
+            line,
+            format!(
+                "{id}: uid=1000 from=<a>%20size=0%20status=sent%0AFAKE:%20from=<x> size=5 \
+                 nrcpt=1 status=sent"
+            )
+        );
+    }
 }
