@@ -59,6 +59,13 @@ impl Bridge {
             // for some unrelated program) must not silently reroute mail.
             .proxy(None)
             .user_agent(concat!("smtp_bridge/", env!("CARGO_PKG_VERSION")))
+            // ureq's default buffers (128 KiB each way) are allocated and zeroed for every
+            // connection, which here is every message: an answer is a status line and a few
+            // headers, a request a few KiB (larger ones are written in pieces). Headers that
+            // do not fit are an error that names the limit.
+            .input_buffer_size(16 << 10)
+            .max_response_header_size(8 << 10)
+            .output_buffer_size(32 << 10)
             .build();
         Bridge {
             url: url.to_owned(),
