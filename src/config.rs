@@ -49,6 +49,7 @@ pub const KEYS: &[&str] = &[
     "username",
     "group",
     "spool_dir",
+    "spool_sync",
     "max_message_size",
     "max_recipients",
     "max_connections",
@@ -128,6 +129,48 @@ impl FromStr for LogLevel {
             line: None,
             message: format!("`loglevel` must be one of error, warning, info, debug (got {s:?})"),
         })
+    }
+}
+
+/// How the daemon makes a batch of accepted messages durable before their `250` (the key
+/// `spool_sync`). Every mode fsyncs the `queue/` directory after the renames; they differ in
+/// how the files' data reaches the disk first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    /// `file`: one fdatasync per message file, in parallel threads, as Postfix does.
+    File,
+    /// `filesystem`: one `syncfs(2)` of the spool's file system for the whole batch. Cheaper
+    /// per message, but it also writes out every other program's unwritten data on that file
+    /// system, so a batch can wait behind someone else's large write.
+    Filesystem,
+    /// `auto` (the default): `filesystem` for a batch while the system holds little unwritten
+    /// data (so the `syncfs` cannot wait behind much), `file` otherwise.
+    Auto,
+}
+
+impl SpoolSync {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolSync::File => "file",
+            SpoolSync::Filesystem => "filesystem",
+            SpoolSync::Auto => "auto",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<SpoolSync> {
+        match name.to_ascii_lowercase().as_str() {
+            "file" => Some(SpoolSync::File),
+            "filesystem" => Some(SpoolSync::Filesystem),
+            "auto" => Some(SpoolSync::Auto),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SpoolSync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -233,6 +276,8 @@ pub struct Config {
     pub group: String,
     /// `spool_dir` (default `/var/spool/smtp_bridge`).
     pub spool_dir: PathBuf,
+    /// `spool_sync`: how a batch of accepted messages is made durable (default auto).
+    pub spool_sync: SpoolSync,
     /// `max_message_size` in bytes (default 33554432).
     pub max_message_size: u64,
     /// `max_recipients` per message (default 1000).
@@ -363,6 +408,7 @@ impl Default for Config {
             username: "nobody".to_owned(),
             group: "nogroup".to_owned(),
             spool_dir: PathBuf::from("/var/spool/smtp_bridge"),
+            spool_sync: SpoolSync::Auto,
             max_message_size: 33_554_432,
             max_recipients: 1000,
             max_connections: 100,
@@ -392,6 +438,7 @@ struct RawToml {
     username: Option<Spanned<toml::Value>>,
     group: Option<Spanned<toml::Value>>,
     spool_dir: Option<Spanned<toml::Value>>,
+    spool_sync: Option<Spanned<toml::Value>>,
     max_message_size: Option<Spanned<toml::Value>>,
     max_recipients: Option<Spanned<toml::Value>>,
     max_connections: Option<Spanned<toml::Value>>,
@@ -417,6 +464,7 @@ impl RawToml {
             ("username", self.username),
             ("group", self.group),
             ("spool_dir", self.spool_dir),
+            ("spool_sync", self.spool_sync),
             ("max_message_size", self.max_message_size),
             ("max_recipients", self.max_recipients),
             ("max_connections", self.max_connections),
@@ -675,6 +723,12 @@ fn apply(config: &mut Config, key: &str, v: Val<'_>) -> Result<(), String> {
                 return Err(format!("`spool_dir` must be an absolute path (got {s:?})"));
             }
             config.spool_dir = PathBuf::from(s);
+        }
+        "spool_sync" => {
+            let s = want_string(key, v)?;
+            config.spool_sync = SpoolSync::from_name(s.trim()).ok_or_else(|| {
+                format!("`spool_sync` must be one of auto, file, filesystem (got {s:?})")
+            })?;
         }
         "max_message_size" => {
             let n = positive(key, want_int(key, v)?)?;
@@ -986,6 +1040,7 @@ impl Config {
             ("username", toml_string(&self.username)),
             ("group", toml_string(&self.group)),
             ("spool_dir", toml_string(&self.spool_dir.to_string_lossy())),
+            ("spool_sync", toml_string(self.spool_sync.as_str())),
             ("max_message_size", self.max_message_size.to_string()),
             ("max_recipients", self.max_recipients.to_string()),
             ("max_connections", self.max_connections.to_string()),
@@ -1125,6 +1180,7 @@ mod tests {
             ("nobody", "nogroup")
         );
         assert_eq!(c.spool_dir, Path::new("/var/spool/smtp_bridge"));
+        assert_eq!(c.spool_sync, SpoolSync::Auto);
         assert_eq!(c.max_message_size, 33_554_432);
         assert_eq!((c.max_recipients, c.max_connections), (1000, 100));
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
@@ -1153,6 +1209,7 @@ allowed_clients = ["10.0.0.0/8", "fd00::/8", "192.0.2.1"]
 username = "smtpbridge"
 group = "smtpbridge"
 spool_dir = "/srv/spool"
+spool_sync = "Filesystem"
 max_message_size = 1048576
 max_recipients = 5
 max_connections = 7
@@ -1173,6 +1230,7 @@ strict_recipients = true
         assert_eq!(c.listen.len(), 2, "duplicates are dropped");
         assert_eq!(c.allowed_clients[2].prefix, 32);
         assert_eq!(c.spool_dir, Path::new("/srv/spool"));
+        assert_eq!(c.spool_sync, SpoolSync::Filesystem);
         assert_eq!(c.max_message_size, 1_048_576);
         assert_eq!(
             (c.max_recipients, c.max_connections, c.max_body_chars),
@@ -1232,6 +1290,8 @@ strict_recipients = true
             ("queue = \"http://\"\n", "queue", 1),
             ("queue = 8003\n", "queue", 1),
             ("loglevel = \"loud\"\n", "loglevel", 1),
+            ("\nspool_sync = \"always\"\n", "spool_sync", 2),
+            ("spool_sync = true\n", "spool_sync", 1),
             ("listen = [\"127.0.0.1\"]\n", "listen", 1),
             ("listen = []\n", "listen", 1),
             ("listen = [\n  \"127.0.0.1:25\",\n  42,\n]\n", "listen", 1),

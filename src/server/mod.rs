@@ -313,8 +313,12 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
     }
     let reload =
         Reloader::spawn(reload, waker.clone()).map_err(io_err("start the reload thread"))?;
-    let worker = SpoolWorker::spawn(Spool::new(config.spool_dir.clone()), waker)
-        .map_err(io_err("start the spool worker"))?;
+    let worker = SpoolWorker::spawn(
+        Spool::new(config.spool_dir.clone()),
+        config.spool_sync,
+        waker,
+    )
+    .map_err(io_err("start the spool worker"))?;
     let mut server = Server {
         poll,
         listeners: mio_listeners,
@@ -895,6 +899,7 @@ impl Server {
                 effective.spool_dir = self.config.spool_dir.clone();
                 crate::logging::set_level(effective.loglevel);
                 self.limits = Limits::from_config(&effective);
+                self.worker.set_sync(effective.spool_sync);
                 self.delivery.reload(effective.clone());
                 self.config = effective;
                 log::info!("reloaded configuration");

@@ -8,9 +8,12 @@
 //!   acknowledges the written bytes at once (flow control only: the per-connection
 //!   backpressure in the loop), then hands the batch's commits to the syncer and goes on
 //!   writing other sessions' data while they are made durable.
-//! - The syncer (`spool-sync`) takes every batch of commits queued, has their files
-//!   fdatasync'd in parallel by a small pool of persistent threads (`spool-fsync`: the device
-//!   takes concurrent syncs together; one after another they cost a sync each), renames them
+//! - The syncer (`spool-sync`) takes every batch of commits queued, makes their files' data
+//!   durable, either with one `syncfs` of the spool's file system for the whole batch or by
+//!   having them fdatasync'd in parallel by a small pool of persistent threads (`spool-fsync`:
+//!   the device takes concurrent syncs together; one after another they cost a sync each), as
+//!   `spool_sync` says ([`SpoolSync`]; `auto` takes `syncfs` while the system holds little
+//!   unwritten data, so that the batch cannot wait long behind other programs' writes), renames them
 //!   into `queue/` in the order the commits arrived (so queue IDs keep that order), fsyncs the
 //!   directory once (group commit: twenty sessions finishing DATA together share one
 //!   `sync_dir`), and only then sends the results and wakes the loop through its
@@ -21,16 +24,17 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
+use crate::config::SpoolSync;
 use crate::envelope::Envelope;
-use crate::spool::{QueueId, Spool, SpoolWriter};
+use crate::spool::{syncfs_reports_errors, FsSync, QueueId, Spool, SpoolWriter};
 
 /// Once a batch has written this many bytes, its commits are made durable and its results
 /// sent, even if more jobs are waiting: commits do not wait behind other sessions' bulk data.
@@ -88,6 +92,36 @@ pub(crate) struct SpoolWorker {
     done: Receiver<Done>,
     handle: Option<JoinHandle<()>>,
     stats: Arc<Stats>,
+    sync_mode: Arc<SyncMode>,
+}
+
+/// The `spool_sync` setting, shared with the syncer so that a reload changes it at once.
+#[derive(Debug)]
+struct SyncMode(AtomicU8);
+
+impl SyncMode {
+    fn new(mode: SpoolSync) -> SyncMode {
+        let m = SyncMode(AtomicU8::new(0));
+        m.set(mode);
+        m
+    }
+
+    fn set(&self, mode: SpoolSync) {
+        let n = match mode {
+            SpoolSync::File => 0,
+            SpoolSync::Filesystem => 1,
+            SpoolSync::Auto => 2,
+        };
+        self.0.store(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> SpoolSync {
+        match self.0.load(Ordering::Relaxed) {
+            0 => SpoolSync::File,
+            1 => SpoolSync::Filesystem,
+            _ => SpoolSync::Auto,
+        }
+    }
 }
 
 /// How well group commit works, logged when the worker stops.
@@ -97,24 +131,42 @@ pub(crate) struct Stats {
     pub commits: AtomicU64,
     /// Directory fsyncs it took.
     pub syncs: AtomicU64,
+    /// Batches whose files were made durable with one `syncfs` (the others: fdatasyncs).
+    pub fs_syncs: AtomicU64,
 }
 
 impl SpoolWorker {
-    /// Starts the thread.
-    pub fn spawn(spool: Spool, waker: Arc<Waker>) -> io::Result<SpoolWorker> {
+    /// Starts the thread, making commits durable as `sync` says.
+    pub fn spawn(spool: Spool, sync: SpoolSync, waker: Arc<Waker>) -> io::Result<SpoolWorker> {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
-        let worker_stats = stats.clone();
+        let sync_mode = Arc::new(SyncMode::new(sync));
+        let shared = Shared {
+            stats: stats.clone(),
+            sync_mode: sync_mode.clone(),
+        };
         let handle = thread::Builder::new()
             .name("spool".to_owned())
-            .spawn(move || run(spool, jobs_rx, done_tx, waker, &worker_stats))?;
+            .spawn(move || run(spool, jobs_rx, done_tx, waker, &shared))?;
         Ok(SpoolWorker {
             jobs: Some(jobs_tx),
             done: done_rx,
             handle: Some(handle),
             stats,
+            sync_mode,
         })
+    }
+
+    /// Changes how later batches are made durable (a reload of `spool_sync`).
+    pub fn set_sync(&self, sync: SpoolSync) {
+        self.sync_mode.set(sync);
+    }
+
+    /// Counters of the work done so far.
+    #[cfg(test)]
+    fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Queues a job; gives it back when the worker is gone.
@@ -156,9 +208,10 @@ impl SpoolWorker {
             }
         }
         log::info!(
-            "spool worker: {} messages committed with {} directory syncs",
+            "spool worker: {} messages committed with {} directory syncs ({} batches made durable with one syncfs)",
             self.stats.commits.load(Ordering::Relaxed),
-            self.stats.syncs.load(Ordering::Relaxed)
+            self.stats.syncs.load(Ordering::Relaxed),
+            self.stats.fs_syncs.load(Ordering::Relaxed)
         );
     }
 }
@@ -202,14 +255,20 @@ struct Batch {
     bytes: usize,
 }
 
-fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, stats: &Stats) {
+/// What the worker's threads share with the handle.
+struct Shared {
+    stats: Arc<Stats>,
+    sync_mode: Arc<SyncMode>,
+}
+
+fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, shared: &Shared) {
     let (commits_tx, commits_rx) = mpsc::channel::<Vec<Commit>>();
     thread::scope(|scope| {
         let started = thread::Builder::new()
             .name("spool-sync".to_owned())
             .spawn_scoped(scope, {
                 let (spool, done, waker) = (&spool, done.clone(), waker.clone());
-                move || syncer(spool, &commits_rx, &done, &waker, stats)
+                move || syncer(spool, &commits_rx, &done, &waker, shared)
             });
         match started {
             Ok(_) => write_loop(&spool, &jobs, commits_tx, &done, &waker),
@@ -272,15 +331,21 @@ fn syncer(
     commits: &Receiver<Vec<Commit>>,
     done: &Sender<Done>,
     waker: &Waker,
-    stats: &Stats,
+    shared: &Shared,
 ) {
+    let stats = &*shared.stats;
     let pool = SyncPool::start(SYNC_THREADS);
+    let mut whole_fs = WholeFs::new(spool);
     while let Ok(mut group) = commits.recv() {
         // Batches that queued up while the last group was syncing share the next sync.
         while let Ok(more) = commits.try_recv() {
             group.extend(more);
         }
-        let outcomes = commit_all(&pool, group);
+        let fs_sync = whole_fs.choose(shared.sync_mode.get());
+        if fs_sync.is_some() {
+            stats.fs_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcomes = commit_all(&pool, fs_sync, group);
         if !finish(spool, outcomes, done, stats) {
             break;
         }
@@ -346,6 +411,111 @@ fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, jo
             slots.remove(&conn);
         }
     }
+}
+
+/// `auto` makes a batch durable with `syncfs` only while the system holds at most this much
+/// unwritten file data (`Dirty` + `Writeback` in /proc/meminfo, our own batch included): the
+/// `syncfs` writes all of it out, so it stays short. Above it, fdatasyncs wait for our files
+/// alone.
+const AUTO_UNWRITTEN_LIMIT_KIB: u64 = 64 << 10;
+
+/// How long `auto` keeps its last look at /proc/meminfo.
+const AUTO_RECHECK: Duration = Duration::from_millis(50);
+
+/// Decides, batch by batch, whether one `syncfs` of the spool's file system makes the files
+/// durable (see [`SpoolSync`]).
+struct WholeFs {
+    /// `None` when `syncfs` cannot be trusted here (a kernel before 5.8 does not report
+    /// write errors through it) or the spool's directory could not be opened for it.
+    fs_sync: Option<FsSync>,
+    /// Why `fs_sync` is `None`, said once when a setting asks for `syncfs`.
+    unavailable: Option<String>,
+    /// `auto`'s last look at the system's unwritten data: when, and whether it was little.
+    last_look: Option<(Instant, bool)>,
+    /// Set once `auto` said that it cannot read /proc/meminfo.
+    meminfo_warned: bool,
+}
+
+impl WholeFs {
+    fn new(spool: &Spool) -> WholeFs {
+        let (fs_sync, unavailable) = if !syncfs_reports_errors() {
+            (
+                None,
+                Some(
+                    "this kernel's syncfs does not report write errors (Linux 5.8 or later needed)"
+                        .to_owned(),
+                ),
+            )
+        } else {
+            match spool.fs_sync() {
+                Ok(f) => (Some(f), None),
+                Err(e) => (
+                    None,
+                    Some(format!("cannot open the queue directory for syncfs: {e}")),
+                ),
+            }
+        };
+        WholeFs {
+            fs_sync,
+            unavailable,
+            last_look: None,
+            meminfo_warned: false,
+        }
+    }
+
+    /// The `syncfs` handle when this batch should use it, `None` for fdatasyncs.
+    fn choose(&mut self, mode: SpoolSync) -> Option<&FsSync> {
+        let wanted = match mode {
+            SpoolSync::File => false,
+            SpoolSync::Filesystem => true,
+            SpoolSync::Auto => self.little_unwritten(),
+        };
+        if !wanted {
+            return None;
+        }
+        if let Some(why) = self.unavailable.take() {
+            log::warn!("spool_sync = {mode}: {why}; using one fdatasync per file");
+        }
+        self.fs_sync.as_ref()
+    }
+
+    fn little_unwritten(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last_look {
+            Some((at, little)) if now.duration_since(at) < AUTO_RECHECK => little,
+            _ => {
+                let little = match unwritten_kib() {
+                    Ok(kib) => kib <= AUTO_UNWRITTEN_LIMIT_KIB,
+                    Err(e) => {
+                        if !self.meminfo_warned {
+                            self.meminfo_warned = true;
+                            log::warn!("spool_sync = auto: {e}; using one fdatasync per file");
+                        }
+                        false
+                    }
+                };
+                self.last_look = Some((now, little));
+                little
+            }
+        }
+    }
+}
+
+/// `Dirty` + `Writeback` from /proc/meminfo, in KiB, or why they cannot be read.
+fn unwritten_kib() -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+    parse_unwritten_kib(&text).ok_or_else(|| "no Dirty and Writeback in /proc/meminfo".to_owned())
+}
+
+fn parse_unwritten_kib(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+    };
+    Some(field("Dirty")? + field("Writeback")?)
 }
 
 /// fdatasyncs that many spool files at once at most. The device takes concurrent syncs
@@ -468,10 +638,29 @@ fn sync_one(mut p: Pending) -> io::Result<Pending> {
     p.writer.sync_data().map(|()| p)
 }
 
-/// Makes a batch's commits durable up to the directory fsync: fdatasyncs the files in
-/// parallel, then renames them into `queue/` in arrival order, so queue IDs keep that order.
-/// A failed message leaves nothing behind (its temporary file is removed).
-fn commit_all(pool: &SyncPool, commits: Vec<Commit>) -> Vec<(usize, Result<Committed, String>)> {
+/// Makes every file's data durable with one `syncfs`; the results come back as
+/// [`SyncPool::sync_all`] gives them. When the sync fails, every message fails (dropping it
+/// removes its temporary file).
+fn sync_whole_fs(fs: &FsSync, mut pending: Vec<Pending>) -> Vec<(usize, io::Result<Pending>)> {
+    let mut writers: Vec<&mut SpoolWriter> = pending.iter_mut().map(|p| &mut p.writer).collect();
+    match fs.sync_data(&mut writers) {
+        Ok(()) => pending.into_iter().map(|p| (p.conn, Ok(p))).collect(),
+        Err(e) => pending
+            .into_iter()
+            .map(|p| (p.conn, Err(io::Error::new(e.kind(), e.to_string()))))
+            .collect(),
+    }
+}
+
+/// Makes a batch's commits durable up to the directory fsync: syncs the files' data (one
+/// `syncfs` when `fs_sync` is given, else fdatasyncs in parallel), then renames them into
+/// `queue/` in arrival order, so queue IDs keep that order. A failed message leaves nothing
+/// behind (its temporary file is removed).
+fn commit_all(
+    pool: &SyncPool,
+    fs_sync: Option<&FsSync>,
+    commits: Vec<Commit>,
+) -> Vec<(usize, Result<Committed, String>)> {
     // Each commit in order: the connection of a message to sync, or an answer known already.
     let mut order = Vec::with_capacity(commits.len());
     let mut to_sync = Vec::new();
@@ -484,7 +673,11 @@ fn commit_all(pool: &SyncPool, commits: Vec<Commit>) -> Vec<(usize, Result<Commi
             Commit::Failed { conn, reason } => order.push(Err((conn, reason))),
         }
     }
-    let mut synced = pool.sync_all(to_sync).into_iter();
+    let synced = match fs_sync {
+        Some(fs) if !to_sync.is_empty() => sync_whole_fs(fs, to_sync),
+        _ => pool.sync_all(to_sync),
+    };
+    let mut synced = synced.into_iter();
     let mut out = Vec::with_capacity(order.len());
     for next in order {
         let conn = match next {
@@ -618,7 +811,7 @@ mod tests {
         spool.prepare(None).unwrap();
         let mut poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let worker = SpoolWorker::spawn(spool.clone(), waker).unwrap();
+        let worker = SpoolWorker::spawn(spool.clone(), SpoolSync::File, waker).unwrap();
 
         // Three connections interleave their messages; one aborts, one commits nothing.
         for conn in 1..=3 {
@@ -675,7 +868,16 @@ mod tests {
 
     #[test]
     fn commits_that_are_ready_together_share_one_directory_sync() {
-        let root = std::env::temp_dir().join(format!("smtp_bridge-group-{}", std::process::id()));
+        for mode in [SpoolSync::File, SpoolSync::Filesystem] {
+            group_commit(mode);
+        }
+    }
+
+    /// Five messages ready together become durable as one batch: one directory fsync, and
+    /// with `filesystem` one `syncfs` for all their data (where the kernel allows it).
+    fn group_commit(mode: SpoolSync) {
+        let root =
+            std::env::temp_dir().join(format!("smtp_bridge-group-{mode}-{}", std::process::id()));
         let _cleanup = TempSpool(root.clone());
         let spool = Spool::new(&root);
         spool.prepare(None).unwrap();
@@ -702,21 +904,114 @@ mod tests {
             jobs_tx.send(Job::Commit { conn }).unwrap();
         }
         drop(jobs_tx);
-        let stats = Stats::default();
-        run(spool.clone(), jobs_rx, done_tx, waker, &stats);
+        let shared = Shared {
+            stats: Arc::new(Stats::default()),
+            sync_mode: Arc::new(SyncMode::new(mode)),
+        };
+        run(spool.clone(), jobs_rx, done_tx, waker, &shared);
         let ok = done_rx
             .iter()
             .filter(|d| matches!(d, Done::Committed { result: Ok(_), .. }))
             .count();
-        assert_eq!(ok, 5);
-        assert_eq!(stats.commits.load(Ordering::Relaxed), 5);
-        assert_eq!(stats.syncs.load(Ordering::Relaxed), 1);
-        assert_eq!(spool.list().unwrap().len(), 5);
+        let stats = &shared.stats;
+        assert_eq!(ok, 5, "{mode}");
+        assert_eq!(stats.commits.load(Ordering::Relaxed), 5, "{mode}");
+        assert_eq!(stats.syncs.load(Ordering::Relaxed), 1, "{mode}");
+        let want_fs_syncs = u64::from(mode == SpoolSync::Filesystem && syncfs_reports_errors());
+        assert_eq!(
+            stats.fs_syncs.load(Ordering::Relaxed),
+            want_fs_syncs,
+            "{mode}"
+        );
+        let listed = spool.list().unwrap();
+        assert_eq!(listed.len(), 5, "{mode}");
+        for entry in listed {
+            let (_, raw) = spool.read(&entry.id, 1 << 20).unwrap();
+            assert_eq!(raw, b"Subject: x\r\n\r\ny\r\n", "{mode}");
+        }
+    }
+
+    #[test]
+    fn a_reload_changes_how_later_batches_are_synced() {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-mode-{}", std::process::id()));
+        let _cleanup = TempSpool(root.clone());
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let worker = SpoolWorker::spawn(spool.clone(), SpoolSync::File, waker).unwrap();
+        let one = |conn: usize| {
+            worker
+                .send(Job::Open {
+                    conn,
+                    log_id: conn as u64,
+                    envelope: envelope("a@example.org", 1),
+                })
+                .unwrap();
+            let data = b"Subject: x\r\n\r\ny\r\n".to_vec();
+            worker.send(Job::Write { conn, data }).unwrap();
+            worker.send(Job::Commit { conn }).unwrap();
+        };
+        one(1);
+        collect(&mut poll, &worker, 1);
+        assert_eq!(worker.stats().fs_syncs.load(Ordering::Relaxed), 0);
+        worker.set_sync(SpoolSync::Filesystem);
+        one(2);
+        collect(&mut poll, &worker, 1);
+        let want = u64::from(syncfs_reports_errors());
+        assert_eq!(worker.stats().fs_syncs.load(Ordering::Relaxed), want);
+        assert_eq!(spool.list().unwrap().len(), 2);
+        worker.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unwritten_data_from_meminfo() {
+        let meminfo = "MemTotal:       24634140 kB\nDirty:              1024 kB\n\
+                       Writeback:           16 kB\nWritebackTmp:        99 kB\n";
+        assert_eq!(parse_unwritten_kib(meminfo), Some(1040));
+        assert_eq!(parse_unwritten_kib("Dirty: 5 kB\n"), None);
+        assert_eq!(parse_unwritten_kib("Dirty: x kB\nWriteback: 1 kB\n"), None);
+        assert_eq!(parse_unwritten_kib(""), None);
+        // This system's own figures parse.
+        assert!(unwritten_kib().is_ok());
+    }
+
+    #[test]
+    fn auto_takes_syncfs_only_when_little_is_unwritten() {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-auto-{}", std::process::id()));
+        let _cleanup = TempSpool(root.clone());
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        let mut whole = WholeFs::new(&spool);
+        let usable = whole.fs_sync.is_some();
+        assert_eq!(usable, syncfs_reports_errors());
+        assert!(whole.choose(SpoolSync::File).is_none());
+        assert_eq!(whole.choose(SpoolSync::Filesystem).is_some(), usable);
+        whole.last_look = Some((Instant::now(), false));
+        assert!(whole.choose(SpoolSync::Auto).is_none());
+        whole.last_look = Some((Instant::now(), true));
+        assert_eq!(whole.choose(SpoolSync::Auto).is_some(), usable);
+        // An old look is taken again.
+        whole.last_look = Some((Instant::now() - AUTO_RECHECK * 2, false));
+        let little = unwritten_kib().is_ok_and(|k| k <= AUTO_UNWRITTEN_LIMIT_KIB);
+        assert_eq!(whole.choose(SpoolSync::Auto).is_some(), usable && little);
     }
 
     #[test]
     fn parallel_syncs_commit_in_arrival_order() {
-        let root = std::env::temp_dir().join(format!("smtp_bridge-order-{}", std::process::id()));
+        arrival_order(false);
+    }
+
+    #[test]
+    fn one_syncfs_commits_in_arrival_order() {
+        arrival_order(true);
+    }
+
+    fn arrival_order(whole_fs: bool) {
+        let root = std::env::temp_dir().join(format!(
+            "smtp_bridge-order-{whole_fs}-{}",
+            std::process::id()
+        ));
         let _cleanup = TempSpool(root.clone());
         let spool = Spool::new(&root);
         spool.prepare(None).unwrap();
@@ -741,7 +1036,8 @@ mod tests {
                 nrcpt: 1,
             }));
         }
-        let out = commit_all(&pool, commits);
+        let fs_sync = spool.fs_sync().unwrap();
+        let out = commit_all(&pool, whole_fs.then_some(&fs_sync), commits);
         let conns: Vec<usize> = out.iter().map(|(conn, _)| *conn).collect();
         assert_eq!(conns, (0..10).collect::<Vec<_>>());
         let mut ids = Vec::new();
