@@ -721,7 +721,8 @@ fn a_uid_without_a_passwd_entry() {
         q[0].envelope.origin,
         smtp_bridge::envelope::Origin::Local {
             uid: STRANGER,
-            user: "uid54321".into()
+            user: "uid54321".into(),
+            full_name: None,
         }
     );
 }
@@ -1082,6 +1083,7 @@ fn mailq_output_injection_is_refused_and_escaped() {
         origin: smtp_bridge::envelope::Origin::Local {
             uid: 0,
             user: "root".into(),
+            full_name: None,
         },
         arrival: std::time::SystemTime::now(),
     };

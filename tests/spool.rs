@@ -427,7 +427,8 @@ fn an_unprivileged_user_can_drop_mail_but_not_queue_it() {
         list[0].envelope.origin,
         Origin::Local {
             uid: 65534,
-            user: "nobody".into()
+            user: "nobody".into(),
+            full_name: None,
         }
     );
     let (_, body) = spool.read(&id, 100).unwrap();
