@@ -91,9 +91,10 @@ done
 printf '\000\002\003\011From root Tue Nov 24 10:00:00 2026\n>From x\nSubject: s\r\nTo: a@b\r\n\r\nline\r\n.\r\nafter\n' | seed sendmail_intake "mbox-dot"
 printf '\001\000To: a@b,\n c@d\nResent-To: e@f\n\n.\nstill here\r\r\n.' | seed sendmail_intake "ignore-dots"
 # spool_maildrop: byte 0 picks the entry's name, then a maildrop file as the shim writes it
-# (header, blank line, message), one claiming another origin and a future arrival, and one
-# with escapes.
+# (header, blank line, message), one claiming another origin and a future arrival, one
+# with escapes, and one with a full name (`sendmail -F`).
 printf '\000smtp_bridge-spool 1\narrival 1795529786.123456\norigin local 1000 alice\nsender alice@example.org\nrcpt root\n\nSubject: hi\n\nbody\n' | seed spool_maildrop "plain"
 printf '\001smtp_bridge-spool 1\narrival 99999999999.000000\norigin smtp 127.0.0.1:25 forged\nsender <>\nrcpt a%%20b@example.org\nrcpt %%C3%%A9@x\n\nx' | seed spool_maildrop "claims"
 printf '\002smtp_bridge-spool 1\r\narrival 1.000000\n\n' | seed spool_maildrop "broken"
+printf '\000smtp_bridge-spool 1\narrival 1795529786.123456\norigin local 1000 alice\nfullname Cron%%20Daemon%%0A%%1B\nsender alice@example.org\nrcpt root\n\nx' | seed spool_maildrop "fullname"
 echo "seeded $corpus (shared corpus: $n files)"

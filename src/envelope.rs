@@ -23,7 +23,35 @@ pub enum Origin {
         uid: u32,
         /// Its login name, or `uid<N>` when the uid has no passwd entry.
         user: String,
+        /// The sender's full name given with `sendmail -F`, at most [`MAX_FULL_NAME`] bytes
+        /// (see [`cap_full_name`]). The caller's word, like the envelope sender: any text,
+        /// control characters included, which the digest cleans before showing it.
+        full_name: Option<String>,
     },
+}
+
+impl Origin {
+    /// The full name of a local submission (`sendmail -F`), if one was given.
+    pub fn full_name(&self) -> Option<&str> {
+        match self {
+            Origin::Local { full_name, .. } => full_name.as_deref(),
+            Origin::Smtp { .. } => None,
+        }
+    }
+}
+
+/// The longest full name kept, in bytes. The digest shows far less of it; the bound keeps
+/// any `-F` value small enough for the spool header, so that a message the bridge would
+/// have taken directly can always be spooled instead.
+pub const MAX_FULL_NAME: usize = 1024;
+
+/// `name` cut to at most [`MAX_FULL_NAME`] bytes, never inside a character.
+pub fn cap_full_name(name: &str) -> String {
+    let mut end = name.len().min(MAX_FULL_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// The envelope of one message.

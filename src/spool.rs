@@ -33,11 +33,16 @@
 //!
 //! Every field value is escaped: bytes outside `!`..`~`, and `%` itself, are written `%XX`, so a
 //! hostile address can never start a new header line or split a field, and the header stays
-//! plain ASCII. Times are kept to the microsecond. The origin is `origin smtp PEER HELO` or `origin local UID USER`. The raw
-//! message's size is the file's length minus the header's. The header is at most
-//! [`MAX_HEADER_BYTES`] long, each line at most [`MAX_HEADER_LINE`]; anything else (a wrong
-//! first line, an unknown key, a missing field, bad escapes, no blank line) is a
-//! [`FormatError`].
+//! plain ASCII. Times are kept to the microsecond. The origin is `origin smtp PEER HELO` or
+//! `origin local UID USER`. A local submission made with `sendmail -F NAME` also has a
+//! `fullname NAME` line (optional, at most once, only with a local origin, cut to
+//! [`MAX_FULL_NAME`](crate::envelope::MAX_FULL_NAME) bytes when read); files without one,
+//! such as every file written before the line existed, read as having no full name. The line
+//! is written only when there is a full name, so that other files stay readable by versions
+//! that do not know it. The raw message's size is the file's length minus the header's. The
+//! header is at most [`MAX_HEADER_BYTES`] long, each line at most [`MAX_HEADER_LINE`];
+//! anything else (a wrong first line, an unknown key, a missing field, bad escapes, no blank
+//! line) is a [`FormatError`].
 //!
 //! Retry state lives beside the message in `queue/ID.retry` (`attempts N`, `next SECS.MICROS`,
 //! `error ESCAPED`), replaced atomically: written to a temporary file, fsync'd, renamed over
@@ -94,7 +99,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
-use crate::envelope::{Envelope, Origin};
+use crate::envelope::{cap_full_name, Envelope, Origin};
 
 /// The first line of every spool file: the format and its version.
 pub const MAGIC: &str = "smtp_bridge-spool 1";
@@ -711,11 +716,13 @@ impl Spool {
             Err(FormatError::Io(e)) => return Err(e),
             Err(e) => return self.set_aside(&path, &shown, &e.to_string()),
         };
-        // The header is the sender's word; the file's owner is the kernel's.
+        // The header is the sender's word; the file's owner is the kernel's. The full name
+        // (`-F`) stays the sender's word, as it was when given on the command line.
         let uid = fmeta.uid();
         envelope.origin = Origin::Local {
             uid,
             user: user_name(uid),
+            full_name: envelope.origin.full_name().map(str::to_owned),
         };
         // So is the inode change time, which the rename into maildrop/ set and which, unlike
         // the mtime, its owner cannot choose: the claimed arrival time and queue ID are
@@ -1324,8 +1331,13 @@ fn encode_header(envelope: &Envelope) -> io::Result<Vec<u8>> {
     ];
     lines.push(match &envelope.origin {
         Origin::Smtp { peer, helo } => format!("origin smtp {peer} {}", escape(helo.as_bytes())),
-        Origin::Local { uid, user } => format!("origin local {uid} {}", escape(user.as_bytes())),
+        Origin::Local { uid, user, .. } => {
+            format!("origin local {uid} {}", escape(user.as_bytes()))
+        }
     });
+    if let Some(name) = envelope.origin.full_name() {
+        lines.push(format!("fullname {}", escape(name.as_bytes())));
+    }
     lines.push(format!("sender {}", escape(envelope.sender.as_bytes())));
     for rcpt in &envelope.recipients {
         lines.push(format!("rcpt {}", escape(rcpt.as_bytes())));
@@ -1359,6 +1371,8 @@ fn parse_header<R: BufRead>(reader: &mut R) -> Result<(Envelope, u64), FormatErr
     let mut arrival = None;
     let mut origin = None;
     let mut sender = None;
+    // The full name and its line number, checked against the origin once both are read.
+    let mut full_name: Option<(usize, String)> = None;
     let mut recipients = Vec::new();
     for number in 1.. {
         line.clear();
@@ -1403,14 +1417,30 @@ fn parse_header<R: BufRead>(reader: &mut R) -> Result<(Envelope, u64), FormatErr
             "sender" if sender.is_none() => {
                 sender = Some(unescape_str(value).ok_or_else(|| bad("bad escape"))?)
             }
+            "fullname" if full_name.is_none() => {
+                let name = unescape_str(value).ok_or_else(|| bad("bad escape"))?;
+                full_name = Some((number, cap_full_name(&name)));
+            }
             "rcpt" => recipients.push(unescape_str(value).ok_or_else(|| bad("bad escape"))?),
-            "arrival" | "origin" | "sender" => return Err(bad("field given twice")),
+            "arrival" | "origin" | "sender" | "fullname" => return Err(bad("field given twice")),
             _ => return Err(bad("unknown key")),
+        }
+    }
+    let mut origin = origin.ok_or(FormatError::Missing("origin"))?;
+    if let Some((line, name)) = full_name {
+        match &mut origin {
+            Origin::Local { full_name, .. } => *full_name = Some(name),
+            Origin::Smtp { .. } => {
+                return Err(FormatError::BadLine {
+                    line,
+                    what: "full name without a local origin",
+                })
+            }
         }
     }
     let envelope = Envelope {
         arrival: arrival.ok_or(FormatError::Missing("arrival"))?,
-        origin: origin.ok_or(FormatError::Missing("origin"))?,
+        origin,
         sender: sender.ok_or(FormatError::Missing("sender"))?,
         recipients,
     };
@@ -1430,6 +1460,8 @@ fn parse_origin(value: &str) -> Option<Origin> {
         "local" => Some(Origin::Local {
             uid: first.parse().ok()?,
             user: second,
+            // From its own line, if any (see `parse_header`).
+            full_name: None,
         }),
         _ => None,
     }
@@ -1650,6 +1682,7 @@ fn write_atomic(dir: &Path, name: &str, content: &[u8], mode: u32) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::MAX_FULL_NAME;
     use std::net::{IpAddr, Ipv6Addr};
 
     #[test]
@@ -1683,6 +1716,7 @@ mod tests {
             Origin::Local {
                 uid: 1000,
                 user: "ali ce\n".into(),
+                full_name: None,
             },
             Origin::Smtp {
                 peer: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 2525),
@@ -1716,6 +1750,7 @@ mod tests {
             encode_header(&envelope(Origin::Local {
                 uid: 0,
                 user: "root".into(),
+                full_name: None,
             }))
             .unwrap(),
         )
@@ -1743,6 +1778,104 @@ mod tests {
             let err = parse_header(&mut text.as_bytes()).unwrap_err();
             let got = format!("{err:?}");
             assert!(got.starts_with(want), "{text:?}: got {got}, want {want}");
+        }
+    }
+
+    /// A file written before the `fullname` line existed still reads, with no full name,
+    /// and is written back the same.
+    #[test]
+    fn old_header_without_full_name_reads() {
+        let old = "smtp_bridge-spool 1\narrival 1795529786.123456\norigin local 1000 alice\n\
+                   sender alice@example.org\nrcpt root\nrcpt carol%20x@example.org\n\n\
+                   Subject: hi\n\nbody\n";
+        let mut reader = old.as_bytes();
+        let (env, len) = parse_header(&mut reader).unwrap();
+        assert_eq!(
+            env,
+            Envelope {
+                sender: "alice@example.org".into(),
+                recipients: vec!["root".into(), "carol x@example.org".into()],
+                origin: Origin::Local {
+                    uid: 1000,
+                    user: "alice".into(),
+                    full_name: None,
+                },
+                arrival: UNIX_EPOCH + Duration::from_micros(1_795_529_786_123_456),
+            }
+        );
+        assert_eq!(reader, b"Subject: hi\n\nbody\n");
+        let header = encode_header(&env).unwrap();
+        assert_eq!(header.len() as u64, len);
+        assert_eq!(&old.as_bytes()[..header.len()], &header[..]);
+    }
+
+    #[test]
+    fn full_name_round_trips_hostile_text() {
+        let names = [
+            "Jane Roe".to_owned(),
+            String::new(),
+            " ".to_owned(),
+            "Jane\r\nrcpt evil@x\nsender y".to_owned(),
+            "%41 \u{0}\u{1b}[31m\u{7f}\u{202e}caf\u{e9} \u{1F600}".to_owned(),
+            cap_full_name(&"\u{e9}".repeat(MAX_FULL_NAME)),
+        ];
+        for name in names {
+            let env = envelope(Origin::Local {
+                uid: 1000,
+                user: "alice".into(),
+                full_name: Some(name.clone()),
+            });
+            let header = encode_header(&env).unwrap();
+            let text = std::str::from_utf8(&header).unwrap();
+            assert!(text.is_ascii());
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with("fullname ")).count(),
+                1
+            );
+            assert_eq!(text.lines().filter(|l| l.starts_with("rcpt ")).count(), 3);
+            let (parsed, _) = parse_header(&mut &header[..]).unwrap();
+            assert_eq!(parsed.origin.full_name(), Some(name.as_str()));
+            assert_eq!(parsed, env);
+        }
+    }
+
+    /// A maildrop file is anyone's text: an oversized name is cut, never refused, and
+    /// what is kept always fits a header again when the file is queued.
+    #[test]
+    fn huge_full_name_is_cut_when_read() {
+        for unit in ["a", "%C3%A9", "%0A"] {
+            let value = unit.repeat((MAX_HEADER_LINE - 100) / unit.len());
+            let text = format!(
+                "{MAGIC}\narrival 1.000000\norigin local 1 a\nfullname {value}\nsender s\n\n"
+            );
+            let (env, _) = parse_header(&mut text.as_bytes()).unwrap();
+            let name = env.origin.full_name().unwrap();
+            assert!(name.len() <= MAX_FULL_NAME && name.len() > MAX_FULL_NAME - 4);
+            assert!(value.starts_with(&escape(name.as_bytes())));
+            encode_header(&env).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_full_name_lines_are_format_errors() {
+        let base = format!("{MAGIC}\narrival 1.000000\norigin local 1 a\nsender s\n");
+        let cases = [
+            format!("{base}fullname a\nfullname b\n\n"),
+            format!("{base}fullname a%zz\n\n"),
+            format!("{base}fullname a b\n\n"),
+            format!("{base}fullname %FF%FE\n\n"),
+            format!("{base}fullname \u{e9}\n\n"),
+            format!("{base}fullname\n\n"),
+            format!(
+                "{MAGIC}\narrival 1.000000\norigin smtp 127.0.0.1:1 h\nfullname x\nsender s\n\n"
+            ),
+        ];
+        for text in cases {
+            let err = parse_header(&mut text.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, FormatError::BadLine { .. }),
+                "{text:?}: {err:?}"
+            );
         }
     }
 

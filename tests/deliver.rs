@@ -48,6 +48,7 @@ fn envelope(arrival: SystemTime) -> Envelope {
         origin: Origin::Local {
             uid: 1000,
             user: "alice".into(),
+            full_name: None,
         },
         arrival,
     }

@@ -721,7 +721,8 @@ fn a_uid_without_a_passwd_entry() {
         q[0].envelope.origin,
         smtp_bridge::envelope::Origin::Local {
             uid: STRANGER,
-            user: "uid54321".into()
+            user: "uid54321".into(),
+            full_name: None,
         }
     );
 }
@@ -928,6 +929,67 @@ fn full_name_names_a_sender_without_from() {
     assert!(!got[1].contains("CronDaemon"), "{}", got[1]);
 }
 
+/// `-F` survives the spool: with the bridge down, the digest `sendmail -q` delivers later
+/// is byte for byte the PUT body the bridge gets when it takes the same submission at once.
+/// Both ways into the spool: the spool owner's `queue/` (root, who becomes the owner) and,
+/// when the tests run as root, `maildrop/` (a uid that does not own the spool, whose file
+/// is taken in as untrusted).
+#[test]
+fn full_name_survives_the_spool() {
+    const STRANGER: u32 = 54321;
+    // Date and Message-ID given, so that nothing in the digest depends on when it is built.
+    const MAIL: &[u8] =
+        b"To: a@x\nSubject: nightly backup\nDate: Tue, 24 Nov 2026 14:16:26 +0000\n\
+Message-ID: <1@x>\n\nall good\n";
+    let w = World::new("fullspool");
+    let mut callers: Vec<(Option<u32>, Vec<&str>, &str)> =
+        vec![(None, vec!["-F", "Cron Daemon", "-i", "a@x"], "Cron Daemon")];
+    if is_root() {
+        Spool::new(w.spool())
+            .prepare(Some((NOBODY, NOBODY)))
+            .unwrap();
+        callers.push((
+            Some(STRANGER),
+            vec!["-FJane Roe", "-oi", "--", "a@x"],
+            "Jane Roe",
+        ));
+    } else if common::require_root() {
+        unreachable!("require_root fails under CI");
+    }
+    for (uid, args, name) in callers {
+        let call = |args: &[&str]| {
+            let call = w.call(args).stdin(MAIL);
+            match uid {
+                Some(uid) => call.by_uid(uid),
+                None => call,
+            }
+        };
+        let seen = w.bridge.received().len();
+        call(&args).run().assert_silent_success();
+        let direct = w.bridge.wait_for(seen + 1, Duration::from_secs(20))[seen].clone();
+        assert!(
+            direct.reply.contains(&format!("\nFrom: {name} <")),
+            "{uid:?}: {}",
+            direct.reply
+        );
+
+        w.bridge.set_behaviour(Behaviour::Down);
+        call(&args).run().assert_silent_success();
+        let queued = w.queued();
+        assert_eq!(queued.len(), 1, "{uid:?}: {queued:?}");
+        assert_eq!(queued[0].envelope.origin.full_name(), Some(name));
+        // mailq stays Postfix-shaped: the sender address, never the full name.
+        let mailq = w.call(&[]).arg0("mailq").run();
+        assert!(!mailq.stdout.contains(name), "{mailq:?}");
+
+        bridge_up(&w);
+        let run = w.call(&["-q", "-v"]).run();
+        assert_eq!(run.stdout, "delivered 1, deferred 0, failed 0\n", "{run:?}");
+        let spooled = w.bridge.wait_for(seen + 2, Duration::from_secs(20))[seen + 1].clone();
+        assert_eq!(spooled.body, direct.body, "{uid:?}");
+    }
+}
+
 #[test]
 fn unknown_options_are_accepted() {
     let w = World::new("unknown");
@@ -1082,6 +1144,7 @@ fn mailq_output_injection_is_refused_and_escaped() {
         origin: smtp_bridge::envelope::Origin::Local {
             uid: 0,
             user: "root".into(),
+            full_name: None,
         },
         arrival: std::time::SystemTime::now(),
     };

@@ -427,7 +427,8 @@ fn an_unprivileged_user_can_drop_mail_but_not_queue_it() {
         list[0].envelope.origin,
         Origin::Local {
             uid: 65534,
-            user: "nobody".into()
+            user: "nobody".into(),
+            full_name: None,
         }
     );
     let (_, body) = spool.read(&id, 100).unwrap();
@@ -830,5 +831,55 @@ fn a_maildrop_name_cannot_take_over_a_queued_id_or_jump_to_the_future() {
     assert_eq!(
         bodies,
         vec![b"hijack".to_vec(), b"from the future".to_vec()]
+    );
+}
+
+/// The full name (`sendmail -F`) of a maildrop file is kept when it is taken in, while the
+/// claimed origin is replaced; a hostile one is cut or refused, never acted on.
+#[test]
+fn maildrop_keeps_the_full_name() {
+    let dir = TestDir::new("spool-fullname");
+    let spool = prepared(&dir);
+    let me = nix::unistd::geteuid().as_raw();
+    let mut env = envelope("jane@x", &["r@x"]);
+    env.origin = Origin::Local {
+        uid: 4242,
+        user: "claimed".into(),
+        full_name: Some("Jane\nRoe \u{1b}[2J".into()),
+    };
+    let id = drop_message(&spool, &env, b"Subject: s\n\nx\n");
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 1);
+    let (entry, body) = spool.read(&id, 100).unwrap();
+    assert_eq!(body, b"Subject: s\n\nx\n");
+    match &entry.envelope.origin {
+        Origin::Local { uid, full_name, .. } => {
+            assert_eq!(*uid, me);
+            assert_eq!(full_name.as_deref(), Some("Jane\nRoe \u{1b}[2J"));
+        }
+        other => panic!("origin {other:?}"),
+    }
+    spool.remove(&id).unwrap();
+
+    // Written by hand: a name far beyond what `sendmail` writes is cut; a full name with
+    // an SMTP origin is no file `sendmail` wrote, and is set aside.
+    let maildrop = spool.root().join("maildrop");
+    let huge = format!(
+        "{MAGIC}\narrival 1.000000\norigin local 1 a\nfullname {}\nsender s\n\nx",
+        "%0A".repeat(20_000)
+    );
+    fs::write(maildrop.join("huge"), huge).unwrap();
+    let smtp =
+        format!("{MAGIC}\narrival 1.000000\norigin smtp 127.0.0.1:1 h\nfullname x\nsender s\n\nx");
+    fs::write(maildrop.join("smtp"), smtp).unwrap();
+    let report = spool.ingest_maildrop(1 << 20).unwrap();
+    assert_eq!((report.accepted, report.refused), (1, 1), "{report:?}");
+    let list = spool.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let name = list[0].envelope.origin.full_name().unwrap();
+    assert_eq!(name, "\n".repeat(smtp_bridge::envelope::MAX_FULL_NAME));
+    assert_eq!(
+        names(&spool.root().join("failed")).len(),
+        2,
+        "message and reason"
     );
 }

@@ -1,6 +1,7 @@
 //! A maildrop file written by an untrusted local user: whatever its bytes, ingestion either
 //! queues it (the origin then is the file owner's uid, never what the header claims, the
-//! arrival is not in the future, and the queued message is the file's tail byte for byte)
+//! arrival is not in the future, the full name is bounded, and the queued message is the
+//! file's tail byte for byte)
 //! or refuses it, and never panics. Byte 0 picks the entry's name (plain, or one that asks
 //! for a queue ID); the rest is the file. The spool lives on /dev/shm when it exists.
 #![no_main]
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use libfuzzer_sys::fuzz_target;
-use smtp_bridge::envelope::Origin;
+use smtp_bridge::envelope::{Origin, MAX_FULL_NAME};
 use smtp_bridge::spool::Spool;
 
 /// Messages over this are refused.
@@ -85,6 +86,8 @@ fuzz_target!(|data: &[u8]| {
             entry.envelope.origin
         );
         assert!(entry.envelope.arrival <= SystemTime::now().max(before));
+        // The full name (`sendmail -F`) is the sender's word, but bounded.
+        assert!(entry.envelope.origin.full_name().map_or(0, str::len) <= MAX_FULL_NAME);
         let (_, bytes) = spool.read(&entry.id, usize::MAX).expect("read");
         assert_eq!(bytes.len() as u64, entry.size);
         assert!(entry.size <= MAX_SIZE);

@@ -137,8 +137,27 @@ fn raw_header_bytes<'a>(msg: &'a Message<'_>, name: &str) -> Option<&'a [u8]> {
         .get(h.offset_start as usize..h.offset_end as usize)
 }
 
-/// A From for a message that has none, and the note saying where it came from.
+/// A From for a message that has none, and the note saying where it came from: the
+/// address, as `Name <address>` when the submission gave a full name (`sendmail -F`, as
+/// Postfix uses it only when the message has no From). The digest of a message delivered
+/// later from the spool reads the name from the spooled envelope, so it is the same as the
+/// digest the bridge would have had at once.
 pub fn synthesized_from(envelope: &Envelope, hostname: &str) -> (String, String) {
+    let (addr, note) = synthesized_address(envelope, hostname);
+    // The name is the caller's text: one clean line, like every header value shown.
+    let name = envelope
+        .origin
+        .full_name()
+        .map(|name| one_line(name, ADDRESS_MAX))
+        .filter(|name| !name.is_empty());
+    match name {
+        Some(name) => (format!("{name} <{addr}>"), note),
+        None => (addr, note),
+    }
+}
+
+/// The address part of [`synthesized_from`].
+fn synthesized_address(envelope: &Envelope, hostname: &str) -> (String, String) {
     let sender = envelope.sender.trim();
     if !sender.is_empty() {
         let addr = if sender.contains('@') || hostname.is_empty() {
@@ -178,7 +197,7 @@ pub fn synthesized_date(arrival: SystemTime) -> String {
 /// How the message came: `via sendmail, uid 0 (root)` or `via SMTP from 127.0.0.1 (helo)`.
 pub fn via(origin: &Origin) -> String {
     match origin {
-        Origin::Local { uid, user } => {
+        Origin::Local { uid, user, .. } => {
             let user = one_line(user, ADDRESS_MAX);
             if user.is_empty() || user == format!("uid{uid}") {
                 format!("via sendmail, uid {uid}")
@@ -216,6 +235,7 @@ mod tests {
         Origin::Local {
             uid,
             user: user.into(),
+            full_name: None,
         }
     }
 

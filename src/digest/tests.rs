@@ -16,6 +16,7 @@ fn local_envelope() -> Envelope {
         origin: Origin::Local {
             uid: 0,
             user: "root".into(),
+            full_name: None,
         },
         arrival: UNIX_EPOCH + Duration::from_secs(ARRIVAL_SECS),
     }
@@ -327,6 +328,7 @@ fn synthesized_headers() {
                 origin: Origin::Local {
                     uid: 1000,
                     user: "bob".into(),
+                    full_name: None,
                 },
                 ..local_envelope()
             },
@@ -347,6 +349,74 @@ fn synthesized_headers() {
             "{r}"
         );
     }
+}
+
+fn with_full_name(name: &str) -> Envelope {
+    Envelope {
+        sender: "jane@x".into(),
+        origin: Origin::Local {
+            uid: 1000,
+            user: "jane".into(),
+            full_name: Some(name.into()),
+        },
+        ..local_envelope()
+    }
+}
+
+/// `sendmail -F`: the full name goes with the synthesized From only, as one clean line.
+#[test]
+fn full_name_names_a_synthesized_from() {
+    let cases: Vec<(&[u8], &str, &str)> = vec![
+        (
+            b"Subject: no from\n\nhello\n",
+            "Jane Roe",
+            "\nFrom: Jane Roe <jane@x> (not in message; envelope sender)\n",
+        ),
+        // Not a message at all: the From is synthesized there too.
+        (
+            b"\x00\x01 binary\n",
+            "Jane Roe",
+            "\nFrom: Jane Roe <jane@x> (not in message; envelope sender)\n",
+        ),
+        // A From of its own wins (Postfix uses -F only when the message has none).
+        (
+            b"From: Alice <alice@example.org>\nSubject: s\n\nhello\n",
+            "Jane Roe",
+            "\nFrom: Alice <alice@example.org>\n",
+        ),
+        // The caller's text can neither add a line nor carry terminal controls.
+        (
+            b"Subject: s\n\nhello\n",
+            "Jane\r\nSubject: forged\u{1b}[2J\u{0}\u{202e}\t x",
+            "\nFrom: Jane Subject: forged[2J x <jane@x> (not in message; envelope sender)\n",
+        ),
+        // A name with nothing to show is no name.
+        (
+            b"Subject: s\n\nhello\n",
+            " \r\n\u{7}",
+            "\nFrom: jane@x (not in message; envelope sender)\n",
+        ),
+    ];
+    for (raw, name, want) in cases {
+        let d = Digest::build(raw, raw.len() as u64, &with_full_name(name), &opts(4000));
+        let r = d.render();
+        assert!(r.contains(want), "{name:?}: {r}");
+        assert_eq!(r.lines().filter(|l| l.starts_with("Subject:")).count(), 1);
+        assert!(!r.contains('\u{1b}') && !r.contains('\u{0}'), "{r:?}");
+    }
+    // However long, it is cut like any address shown.
+    let d = Digest::build(b"x", 1, &with_full_name(&"n".repeat(5000)), &opts(4000));
+    let from = d
+        .render()
+        .lines()
+        .find(|l| l.starts_with("From: "))
+        .unwrap()
+        .to_owned();
+    assert!(from.chars().count() < 300, "{from}");
+    assert!(
+        from.ends_with("\u{2026} <jane@x> (not in message; envelope sender)"),
+        "{from}"
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::digest::MAX_PARSE_BYTES;
-use crate::envelope::{Envelope, Origin};
+use crate::envelope::{cap_full_name, Envelope, Origin};
 use crate::spool::Spool;
 use crate::sysexits;
 
@@ -196,12 +196,13 @@ pub fn run(
     };
     match &args.mode {
         Mode::Deliver => {
-            let origin = local_origin();
+            let origin = local_origin(args.full_name.as_deref());
             become_spool_owner(&config, true)?;
             deliver(&config, &args, origin, input)
         }
         Mode::Smtp => {
-            let origin = local_origin();
+            // Postfix's `-bs` session takes its senders from MAIL FROM alone.
+            let origin = local_origin(None);
             become_spool_owner(&config, true)?;
             smtp_session(&config, origin, input, output)
         }
@@ -251,8 +252,10 @@ fn write_output(output: &mut dyn Write, bytes: &[u8]) -> Result<(), SendmailErro
     }
 }
 
-/// Who is submitting: the real uid and its login name (`uid<N>` without a passwd entry).
-pub fn local_origin() -> Origin {
+/// Who is submitting: the real uid, its login name (`uid<N>` without a passwd entry) and
+/// the full name given with `-F`, cut to [`MAX_FULL_NAME`](crate::envelope::MAX_FULL_NAME)
+/// bytes so that it always fits in a spool header (whatever could be sent can be spooled).
+pub fn local_origin(full_name: Option<&str>) -> Origin {
     let uid = Uid::current();
     let user = match User::from_uid(uid) {
         Ok(Some(user)) => user.name,
@@ -261,6 +264,7 @@ pub fn local_origin() -> Origin {
     Origin::Local {
         uid: uid.as_raw(),
         user,
+        full_name: full_name.map(cap_full_name),
     }
 }
 
@@ -385,10 +389,9 @@ fn deliver(
             limit: config.max_recipients,
         });
     }
-    let full_name = args.full_name.as_deref();
     let result = match tail {
-        None => submit::submit(config, &envelope, &start, full_name),
-        Some(tail) => submit::submit_streamed(config, &envelope, &start, total, tail, full_name),
+        None => submit::submit(config, &envelope, &start),
+        Some(tail) => submit::submit_streamed(config, &envelope, &start, total, tail),
     };
     result.map(drop).map_err(SendmailError::Submit)
 }
@@ -458,7 +461,7 @@ fn smtp_session(
             origin: origin.clone(),
             arrival: SystemTime::now(),
         };
-        submit::submit(config, &envelope, &raw, None)
+        submit::submit(config, &envelope, &raw)
             .map(|outcome| outcome.id().to_string())
             .map_err(|e| format!("cannot queue message: {e}"))
     });

@@ -116,16 +116,15 @@ fn start_message(spool: &Spool, envelope: &Envelope) -> io::Result<SpoolWriter> 
 }
 
 /// Submits a message held in memory: to the bridge unless delivery is backed up, else (or
-/// when the bridge fails) into the spool. `full_name` is `-F`.
+/// when the bridge fails) into the spool.
 pub fn submit(
     config: &Config,
     envelope: &Envelope,
     raw: &[u8],
-    full_name: Option<&str>,
 ) -> Result<SubmitOutcome, SubmitError> {
     let spool = Spool::new(&config.spool_dir);
     let size = raw.len() as u64;
-    let bridge = attempt(config, &spool, envelope, raw, size, full_name);
+    let bridge = attempt(config, &spool, envelope, raw, size);
     if bridge.is_none() {
         let id = QueueId::generate();
         log_submission(&id, envelope, size, "sent (the bridge accepted the digest)");
@@ -146,10 +145,9 @@ pub fn submit_streamed(
     start: &[u8],
     total: u64,
     tail: Tail,
-    full_name: Option<&str>,
 ) -> Result<SubmitOutcome, SubmitError> {
     let spool = Spool::new(&config.spool_dir);
-    let bridge = attempt(config, &spool, envelope, start, total, full_name);
+    let bridge = attempt(config, &spool, envelope, start, total);
     if bridge.is_none() {
         // Dropping the uncommitted maildrop file removes it.
         drop(tail);
@@ -170,14 +168,14 @@ pub fn submit_streamed(
 }
 
 /// The bridge attempt: `None` when the bridge took the digest, otherwise why not (a
-/// backlog skips the attempt).
+/// backlog skips the attempt). The digest is built from the envelope alone (the `-F` full
+/// name included), as the queue runner builds it from the spooled copy.
 fn attempt(
     config: &Config,
     spool: &Spool,
     envelope: &Envelope,
     raw: &[u8],
     total: u64,
-    full_name: Option<&str>,
 ) -> Option<BridgeMiss> {
     if spool.has_backlog() {
         return Some(BridgeMiss::Backlog);
@@ -187,11 +185,7 @@ fn attempt(
         hostname: config.hostname.clone(),
     };
     let parse = &raw[..raw.len().min(MAX_PARSE_BYTES)];
-    let mut digest = Digest::build(parse, total, envelope, &opts);
-    if let (true, Some(name)) = (digest.from_synthesized, full_name) {
-        // `-F` names the sender only when the message has no From: of its own (Postfix).
-        digest.from = format!("{name} <{}>", digest.from);
-    }
+    let digest = Digest::build(parse, total, envelope, &opts);
     let bridge = Bridge::new(&config.queue, &config.name, config.sendmail_timeout);
     match bridge.send(&digest.render()) {
         Outcome::Delivered => None,
@@ -285,6 +279,7 @@ mod tests {
             origin: Origin::Local {
                 uid: 1000,
                 user: "u".into(),
+                full_name: None,
             },
             arrival: std::time::SystemTime::now(),
         };

@@ -20,6 +20,8 @@ pub struct Received {
     pub name: String,
     /// The `reply` key: the digest text.
     pub reply: String,
+    /// The whole PUT body as sent (pure ASCII, or it would have been rejected).
+    pub body: String,
 }
 
 /// How the stand-in bridge answers.
@@ -322,11 +324,11 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     };
     match (key("name"), key("reply")) {
         (Some(name), Some(reply)) => {
-            state
-                .lock()
-                .unwrap()
-                .received
-                .push(Received { name, reply });
+            state.lock().unwrap().received.push(Received {
+                name,
+                reply,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
             respond(&mut stream, 200, "");
         }
         _ => reject(&mut stream, 400, "name or reply missing".into()),
