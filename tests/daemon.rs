@@ -30,7 +30,7 @@ fn lettre(d: &Daemon) -> SmtpTransport {
 }
 
 /// Sets a resource limit on the daemon process.
-fn rlimit(resource: Resource, value: u64) -> impl FnOnce(&mut Command) {
+fn rlimit(resource: Resource, value: u64) -> impl Fn(&mut Command) {
     move |cmd| {
         // SAFETY: only async-signal-safe calls (setrlimit, sigaction) between fork and
         // exec. SIGXFSZ is ignored so that a write past RLIMIT_FSIZE fails with EFBIG,

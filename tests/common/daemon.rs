@@ -36,20 +36,29 @@ pub fn setup(label: &str, extra: &str) -> (StandInBridge, Daemon) {
 pub fn setup_with(
     label: &str,
     extra: &str,
-    command: impl FnOnce(&mut Command),
+    command: impl Fn(&mut Command),
 ) -> (StandInBridge, Daemon) {
     let bridge = StandInBridge::start();
     let dir = TestDir::new(label);
-    let port = super::free_port();
-    let config = super::write_config(
-        &dir.path,
-        &bridge.url,
-        &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
-    );
-    let mut d = Daemon::try_start(&config, port, None, command)
-        .unwrap_or_else(|e| panic!("daemon exited with {}:\n{}", e.status, e.stderr));
-    d.dir = Some(dir);
-    (bridge, d)
+    // A port free a moment ago can be taken before the daemon binds it (by another test
+    // process, side by side): it then exits with EX_OSERR (71), and gets another port.
+    for _ in 0..5 {
+        let port = super::free_port();
+        let config = super::write_config(
+            &dir.path,
+            &bridge.url,
+            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+        );
+        match Daemon::try_start(&config, port, None, &command) {
+            Ok(mut d) => {
+                d.dir = Some(dir);
+                return (bridge, d);
+            }
+            Err(e) if e.status.code() == Some(71) => {}
+            Err(e) => panic!("daemon exited with {}:\n{}", e.status, e.stderr),
+        }
+    }
+    panic!("no port the daemon could bind in 5 tries")
 }
 
 /// A running daemon; SIGKILLed on drop.
@@ -148,7 +157,9 @@ impl Daemon {
         };
         let deadline = Instant::now() + SOON;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Listening, and on a socket of its own: a port another process took meanwhile
+            // accepts too, and a test must not talk to a stranger's daemon.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && holds_listener(d.pid(), port) {
                 return Ok(d);
             }
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
@@ -375,6 +386,35 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1 or any address at `port`
+/// (read from /proc; true when its descriptors cannot be read, as nothing can be told).
+fn holds_listener(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let sockets: Vec<String> = fds
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    // /proc/net/tcp: "sl local_address rem_address st … inode"; 0A is LISTEN.
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+                    let inode = f.get(9)?;
+                    (local == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .any(|inode| sockets.contains(&inode))
 }
 
 /// A line-level SMTP client over a blocking socket; every failure is an `io::Error`.
