@@ -1,18 +1,65 @@
-//! The daemon binary under test, for the reliability suites (crash, faults, access): started
-//! with `--loglevel debug` and its stderr captured line by line, killed with SIGKILL on drop,
-//! and a raw line-level SMTP client that reports a dead connection as an error instead of
-//! panicking (a crash harness must see the kill, not die of it).
+//! The daemon binary under test, the one harness of every suite that runs it (daemon,
+//! hostile, crash, faults, access): started with `--loglevel debug` and its stderr captured
+//! line by line, killed with SIGKILL on drop; with a stand-in bridge and a directory of its
+//! own in one call ([`setup`]), and the checks those suites share (peak memory, health).
+//!
+//! Two SMTP clients over a raw socket: [`Smtp`] reports a dead connection as an error
+//! instead of panicking (a crash harness must see the kill, not die of it), and [`Client`]
+//! is the same client for tests that expect the daemon to behave: any failure is a panic
+//! at the test's line.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use super::{StandInBridge, TestDir};
 
 /// Bound for things that take milliseconds when all is well.
 pub const SOON: Duration = Duration::from_secs(20);
+
+/// The daemon's peak resident memory must stay below this, whatever its clients do.
+pub const MEMORY_BOUND_KIB: u64 = 64 * 1024;
+
+/// A stand-in bridge, and a daemon delivering to it, started on a free loopback port with
+/// `extra` TOML lines in its config, in a fresh directory named after `label` (its
+/// [`Daemon::dir`], which holds the config and the spool, removed after the daemon is
+/// killed).
+pub fn setup(label: &str, extra: &str) -> (StandInBridge, Daemon) {
+    setup_with(label, extra, |_| {})
+}
+
+/// Like [`setup`]; `command` may add to the daemon's command (pre_exec, environment).
+pub fn setup_with(
+    label: &str,
+    extra: &str,
+    command: impl Fn(&mut Command),
+) -> (StandInBridge, Daemon) {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new(label);
+    // A port free a moment ago can be taken before the daemon binds it (by another test
+    // process, side by side): it then exits with EX_OSERR (71), and gets another port.
+    for _ in 0..5 {
+        let port = super::free_port();
+        let config = super::write_config(
+            &dir.path,
+            &bridge.url,
+            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+        );
+        match Daemon::try_start(&config, port, None, &command) {
+            Ok(mut d) => {
+                d.dir = Some(dir);
+                return (bridge, d);
+            }
+            Err(e) if e.status.code() == Some(71) => {}
+            Err(e) => panic!("daemon exited with {}:\n{}", e.status, e.stderr),
+        }
+    }
+    panic!("no port the daemon could bind in 5 tries")
+}
 
 /// A running daemon; SIGKILLed on drop.
 pub struct Daemon {
@@ -23,6 +70,10 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Every stderr line so far (all of them: `--loglevel debug` copies each line there).
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting them; it ends when the daemon's stderr closes.
+    collector: Option<JoinHandle<()>>,
+    /// The directory [`setup`] made for it (dropped after the kill: fields drop last).
+    dir: Option<TestDir>,
 }
 
 /// Why a daemon did not come up.
@@ -85,7 +136,7 @@ impl Daemon {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start smtp_bridge");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let collector = child.stderr.take().map(|stderr| {
             let lines = lines.clone();
             thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -94,23 +145,25 @@ impl Daemon {
                         Err(_) => break,
                     }
                 }
-            });
-        }
+            })
+        });
         let mut d = Daemon {
             child: Some(child),
             port,
             config: config.to_path_buf(),
             lines,
+            collector,
+            dir: None,
         };
         let deadline = Instant::now() + SOON;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Listening, and on a socket of its own: a port another process took meanwhile
+            // accepts too, and a test must not talk to a stranger's daemon.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && holds_listener(d.pid(), port) {
                 return Ok(d);
             }
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                d.child = None;
-                // Let the reader thread collect the last words.
-                thread::sleep(Duration::from_millis(50));
+                d.exited();
                 return Err(StartError {
                     status,
                     stderr: d.log_text(),
@@ -125,9 +178,48 @@ impl Daemon {
         }
     }
 
+    /// Forgets the exited child, and waits (bounded) until its last words are collected:
+    /// the collector ends when the daemon's stderr closes.
+    fn exited(&mut self) {
+        self.child = None;
+        if let Some(collector) = self.collector.take() {
+            super::wait_until(SOON, || collector.is_finished());
+        }
+    }
+
+    /// The directory [`setup`] made for it: the config, and the spool in `spool/`.
+    pub fn dir(&self) -> &TestDir {
+        self.dir.as_ref().expect("a daemon started by setup()")
+    }
+
+    /// Everything in its spool's queue directory, temporary files included.
+    pub fn queue_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir().join("spool").join("queue"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Messages in its spool's queue directory (not the `.tmp.*` files of messages still
+    /// being received).
+    pub fn queued_files(&self) -> usize {
+        self.queue_entries()
+            .iter()
+            .filter(|name| !name.starts_with('.'))
+            .count()
+    }
+
     /// Its process ID.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Its address: 127.0.0.1 and its port.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// Its stderr lines so far.
@@ -141,6 +233,7 @@ impl Daemon {
     }
 
     /// Waits (bounded) until a log line contains `needle`.
+    #[track_caller]
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         assert!(
             super::wait_until(timeout, || self
@@ -152,6 +245,12 @@ impl Daemon {
         );
     }
 
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the daemon");
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -160,26 +259,126 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then waits (bounded) for the exit.
-    pub fn stop(&mut self) -> ExitStatus {
+    /// Waits (bounded by `timeout`) for it to exit on its own; panics with its log when it
+    /// does not.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("daemon running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + SOON;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
-            thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        let exited = super::wait_until(timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(exited, "daemon did not exit:\n{}", self.log_text());
+        self.exited();
+        status.unwrap()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit.
+    #[track_caller]
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(SOON)
+    }
+
+    /// Whether it is still running (it was neither reaped nor found exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
+    /// A field of its /proc/PID/status in KiB (`VmHWM`, `VmRSS`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("daemon /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// CPU time (user + system) it used so far, for the figures (never asserted).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and
+        // 13th of them, in clock ticks (USER_HZ, 100 on Linux).
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+
+    /// Its open file descriptors.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Checks that its peak memory (VmHWM) stayed below [`MEMORY_BOUND_KIB`], prints it
+    /// with the CPU time as `<suite>: <what>: …` (the figures FUZZING.md quotes), and
+    /// returns it (KiB).
+    #[track_caller]
+    pub fn assert_memory_bounded(&self, what: &str) -> u64 {
+        let hwm = self.status_kib("VmHWM");
+        eprintln!(
+            "{}: {what}: daemon VmHWM {hwm} KiB, CPU {:.2} s",
+            env!("CARGO_CRATE_NAME"),
+            self.cpu_seconds()
+        );
+        assert!(
+            hwm < MEMORY_BOUND_KIB,
+            "{what}: daemon peak RSS {hwm} KiB, bound {MEMORY_BOUND_KIB} KiB"
+        );
+        hwm
+    }
+
+    /// It is alive, a fresh client gets a greeting and a NOOP answer, and nothing panicked.
+    #[track_caller]
+    pub fn assert_healthy(&mut self) {
+        assert!(self.is_running(), "daemon exited:\n{}", self.log_text());
+        let mut c = self.greeted();
+        c.expect("NOOP", 250);
+        c.expect("QUIT", 221);
+        let log = self.log_text();
+        assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
     }
 
     /// A raw client connected to 127.0.0.1 and greeted (EHLO done).
     pub fn client(&self) -> io::Result<Smtp> {
-        Smtp::greeted(SocketAddr::from(([127, 0, 0, 1], self.port)))
+        Smtp::greeted(self.addr())
+    }
+
+    /// A [`Client`] connected, nothing read yet (the greeting is the caller's).
+    #[track_caller]
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    /// A [`Client`] connected, greeted with 220, and its `EHLO client.test` answered 250.
+    #[track_caller]
+    pub fn greeted(&self) -> Client {
+        Client::greeted(self.addr())
+    }
+
+    /// A [`Client`] greeted with 220 that said `EHLO name`; with the EHLO reply (250), to
+    /// read the extensions offered.
+    #[track_caller]
+    pub fn ehlo(&self, name: &str) -> (Client, String) {
+        let mut c = self.connect();
+        c.greeting();
+        let text = c.expect(&format!("EHLO {name}"), 250);
+        (c, text)
     }
 }
 
@@ -187,6 +386,35 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1 or any address at `port`
+/// (read from /proc; true when its descriptors cannot be read, as nothing can be told).
+fn holds_listener(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return true;
+    };
+    let sockets: Vec<String> = fds
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    // /proc/net/tcp: "sl local_address rem_address st … inode"; 0A is LISTEN.
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+                    let inode = f.get(9)?;
+                    (local == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .any(|inode| sockets.contains(&inode))
 }
 
 /// A line-level SMTP client over a blocking socket; every failure is an `io::Error`.
@@ -218,17 +446,19 @@ impl Smtp {
         Ok(c)
     }
 
-    /// Reads one (possibly multi-line) reply: its code and full text.
+    /// Reads one (possibly multi-line) reply: its code and full text (bytes that are not
+    /// UTF-8 shown as U+FFFD).
     pub fn reply(&mut self) -> io::Result<(u16, String)> {
         let mut text = String::new();
         loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line)? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("connection closed after {text:?}"),
                 ));
             }
+            let line = String::from_utf8_lossy(&line);
             text.push_str(&line);
             if line.len() < 4 || line.as_bytes()[3] != b'-' {
                 let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -242,9 +472,11 @@ impl Smtp {
         self.writer.write_all(raw)
     }
 
-    /// Sends a command line and returns the reply.
-    pub fn cmd(&mut self, line: &str) -> io::Result<(u16, String)> {
-        self.send(format!("{line}\r\n").as_bytes())?;
+    /// Sends a command line (any bytes; CRLF added) and returns the reply.
+    pub fn cmd(&mut self, line: impl AsRef<[u8]>) -> io::Result<(u16, String)> {
+        let mut raw = line.as_ref().to_vec();
+        raw.extend_from_slice(b"\r\n");
+        self.send(&raw)?;
         self.reply()
     }
 
@@ -263,11 +495,23 @@ impl Smtp {
     /// but not including the final reply: call [`Smtp::reply`] for it. Split so that a
     /// caller can note the message as in flight between the two.
     pub fn start_message(&mut self, body: &str) -> io::Result<()> {
-        self.expect("MAIL FROM:<a@example.org>", 250)?;
-        self.expect("RCPT TO:<root>", 250)?;
-        self.expect("DATA", 354)?;
-        self.send(body.as_bytes())?;
+        self.start_message_from("a@example.org", &["root"], body.as_bytes())
+    }
+
+    /// MAIL from `from` and RCPT to each of `to`, each answered 250.
+    pub fn envelope(&mut self, from: &str, to: &[&str]) -> io::Result<()> {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250)?;
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), 250)?;
+        }
         Ok(())
+    }
+
+    /// [`Smtp::start_message`] from `from` to the recipients `to`.
+    pub fn start_message_from(&mut self, from: &str, to: &[&str], body: &[u8]) -> io::Result<()> {
+        self.envelope(from, to)?;
+        self.expect("DATA", 354)?;
+        self.send(body)
     }
 
     /// Ends the data with CRLF.CRLF.
@@ -275,9 +519,19 @@ impl Smtp {
         self.send(b"\r\n.\r\n")
     }
 
-    /// One whole transaction; returns the final reply.
+    /// One whole transaction, from `a@example.org` to `root`; returns the final reply.
     pub fn message(&mut self, body: &str) -> io::Result<(u16, String)> {
-        self.start_message(body)?;
+        self.message_from("a@example.org", &["root"], body.as_bytes())
+    }
+
+    /// One whole transaction from `from` to the recipients `to`; returns the final reply.
+    pub fn message_from(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        body: &[u8],
+    ) -> io::Result<(u16, String)> {
+        self.start_message_from(from, to, body)?;
         self.end_message()?;
         self.reply()
     }
@@ -287,6 +541,149 @@ impl Smtp {
         let mut buf = [0u8; 64];
         matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
     }
+
+    /// Another handle on the socket, for a thread that writes while this one reads.
+    pub fn writer(&self) -> io::Result<TcpStream> {
+        self.writer.try_clone()
+    }
+
+    /// Shuts the connection down both ways (a client hanging up mid-transaction).
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.writer.shutdown(Shutdown::Both)
+    }
+}
+
+/// [`Smtp`] for tests that expect the daemon to behave: every failure (a dead connection,
+/// a timeout, an unexpected code) is a panic at the test's line.
+pub struct Client(Smtp);
+
+impl Client {
+    /// Connects to `addr`, with read and write timeouts of [`SOON`]; reads nothing.
+    #[track_caller]
+    pub fn connect(addr: SocketAddr) -> Client {
+        Client(ok(Smtp::connect(addr), &format!("connect to {addr}")))
+    }
+
+    /// Connects to `addr`, expects 220, says `EHLO client.test` and expects 250.
+    #[track_caller]
+    pub fn greeted(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.greeting();
+        c.expect("EHLO client.test", 250);
+        c
+    }
+
+    /// Reads the greeting and expects 220; returns its text.
+    #[track_caller]
+    pub fn greeting(&mut self) -> String {
+        let (code, text) = self.reply();
+        assert_eq!(code, 220, "greeting: {text}");
+        text
+    }
+
+    /// Reads one (possibly multi-line) reply: its code and full text.
+    #[track_caller]
+    pub fn reply(&mut self) -> (u16, String) {
+        ok(self.0.reply(), "read reply")
+    }
+
+    /// Sends raw bytes.
+    #[track_caller]
+    pub fn send(&mut self, raw: &[u8]) {
+        ok(self.0.send(raw), "send")
+    }
+
+    /// Sends a command line (any bytes; CRLF added) and returns the reply.
+    #[track_caller]
+    pub fn cmd(&mut self, line: impl AsRef<[u8]>) -> (u16, String) {
+        let line = line.as_ref();
+        ok(
+            self.0.cmd(line),
+            &format!("{:?}", String::from_utf8_lossy(line)),
+        )
+    }
+
+    /// Sends a command and expects `code`; returns the reply's text.
+    #[track_caller]
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line:?} -> {text:?}");
+        text
+    }
+
+    /// MAIL from `from` and RCPT to each of `to`, each answered 250.
+    #[track_caller]
+    pub fn envelope(&mut self, from: &str, to: &[&str]) {
+        ok(self.0.envelope(from, to), "envelope")
+    }
+
+    /// MAIL from `a@example.org`, RCPT `root`, DATA, then `body`, without the final dot.
+    #[track_caller]
+    pub fn start_message(&mut self, body: impl AsRef<[u8]>) {
+        self.start_message_from("a@example.org", &["root"], body)
+    }
+
+    /// [`Client::start_message`] from `from` to the recipients `to`.
+    #[track_caller]
+    pub fn start_message_from(&mut self, from: &str, to: &[&str], body: impl AsRef<[u8]>) {
+        ok(
+            self.0.start_message_from(from, to, body.as_ref()),
+            "start a message",
+        )
+    }
+
+    /// One whole transaction, from `a@example.org` to `root`; returns the final reply.
+    #[track_caller]
+    pub fn message(&mut self, body: impl AsRef<[u8]>) -> (u16, String) {
+        self.message_from("a@example.org", &["root"], body)
+    }
+
+    /// One whole transaction from `from` to the recipients `to`; returns the final reply.
+    #[track_caller]
+    pub fn message_from(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        body: impl AsRef<[u8]>,
+    ) -> (u16, String) {
+        self.start_message_from(from, to, body);
+        self.send(b"\r\n.\r\n");
+        self.reply()
+    }
+
+    /// Whether the server closed the connection (EOF or error within the read timeout).
+    pub fn closed(&mut self) -> bool {
+        self.0.closed()
+    }
+
+    /// Another handle on the socket, for a thread that writes while this one reads.
+    #[track_caller]
+    pub fn writer(&self) -> TcpStream {
+        ok(self.0.writer(), "clone the client's socket")
+    }
+
+    /// Shuts the connection down both ways (a client hanging up mid-transaction).
+    #[track_caller]
+    pub fn shutdown(&self) {
+        ok(self.0.shutdown(), "shut the client's socket down")
+    }
+}
+
+/// The value, or a panic at the test's line saying what failed (a closure would move the
+/// panic's location into this file).
+#[track_caller]
+fn ok<T>(result: io::Result<T>, what: &str) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Asserts that `reply` is the 250 of a queued message.
+#[track_caller]
+pub fn queued(reply: &(u16, String)) {
+    assert_eq!(reply.0, 250, "{:?}", reply.1);
+    assert!(reply.1.contains("queued as"), "{:?}", reply.1);
 }
 
 /// A message with `subject`, a text `body`, and CRLF line ends.
