@@ -17,7 +17,8 @@
 # SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md),
 # DAEMON_BIN (another smtp_bridge build to measure; default: this tree's), CANDIDATE_BIN (a
 # second build, e.g. with a proposed fix, measured in the same repetitions for a fair
-# before/after on a noisy machine).
+# before/after on a noisy machine), CANDIDATE_CONF (extra configuration lines for the
+# candidate, e.g. 'spool_sync = "file"'; with it alone, the candidate is this tree's daemon).
 set -euo pipefail
 
 R=${R:-5}
@@ -43,7 +44,9 @@ cargo build --release --bins --examples >&2
 
 REL=$ROOT/target/release
 DAEMON_BIN=${DAEMON_BIN:-$REL/smtp_bridge}
+CANDIDATE_CONF=${CANDIDATE_CONF:-}
 CANDIDATE_BIN=${CANDIDATE_BIN:-}
+[[ -n $CANDIDATE_CONF && -z $CANDIDATE_BIN ]] && CANDIDATE_BIN=$DAEMON_BIN
 LOADGEN=$REL/examples/loadgen
 SINKBIN=$REL/examples/bridge_sink
 CACHE=$ROOT/target/bench-cache
@@ -126,6 +129,7 @@ loglevel = "info"
 listen = ["127.0.0.1:$2"]
 spool_dir = "$1/spool"
 max_connections = $((IDLE + 100))
+${EXTRA_CONF:-}
 EOF
     chmod 644 "$1/smtp_bridge.conf"
     DAEMON_CONF=$1/smtp_bridge.conf
@@ -172,7 +176,8 @@ one_target() { # $1: reference|daemon|candidate, $2: rep
         start=start_daemon
         sink_opt=(--sink "$SINK_ADDR")
         CURRENT_BIN=$DAEMON_BIN
-        [[ $t == candidate ]] && CURRENT_BIN=$CANDIDATE_BIN
+        EXTRA_CONF=""
+        [[ $t == candidate ]] && CURRENT_BIN=$CANDIDATE_BIN && EXTRA_CONF=$CANDIDATE_CONF
     fi
     local A="--addr" S=(--sessions "$SESSIONS")
     # Idle: peak RSS of a fresh server, then 1,000 idle sessions and the greeting of a newcomer.
@@ -221,6 +226,7 @@ for rep in $(seq "$R"); do
     if $daemon_ready; then
         one_target daemon "$rep"
         [[ -n $CANDIDATE_BIN ]] && one_target candidate "$rep"
+        EXTRA_CONF=""
         shimdir=$WORK/shim.$rep
         mkdir -p "$shimdir" && chmod 755 "$shimdir"
         write_daemon_conf "$shimdir" "$("$LOADGEN" freeport)"
@@ -242,7 +248,7 @@ COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
 DAEMON_SHA=$(sha256sum "$DAEMON_BIN" | cut -c1-12)
 CANDIDATE_SHA=""
 [[ -n $CANDIDATE_BIN ]] && CANDIDATE_SHA=$(sha256sum "$CANDIDATE_BIN" | cut -c1-12)
-export DAEMON_BIN DAEMON_SHA CANDIDATE_BIN CANDIDATE_SHA NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
+export DAEMON_BIN DAEMON_SHA CANDIDATE_BIN CANDIDATE_CONF CANDIDATE_SHA NPROC MACHINE_CPU MACHINE_MEM FS KERNEL RUSTC COMMIT POSTFIX_VERSION \
     R SESSIONS N_SMALL N_NEW N_LARGE HUGE_MIB IDLE SINK_N SHIM_N ONLY
 say "nproc=$NPROC"
 python3 "$ROOT/bench/table.py" "$RESULTS" "$OUT"

@@ -141,8 +141,10 @@ def main():
     lines.append("")
     if any(r.get("target") == "candidate" for r in rows):
         cand = env.get("CANDIDATE_BIN", "?")
+        conf = env.get("CANDIDATE_CONF", "")
+        conf_s = f", configured with `{conf}`" if conf else ""
         lines.append(f"Candidate build measured in the same repetitions (`{os.path.relpath(cand, os.getcwd())}`, "
-                     f"sha256 {env.get('CANDIDATE_SHA')}): before/after on the same disk at the same moments.")
+                     f"sha256 {env.get('CANDIDATE_SHA')}{conf_s}): before/after on the same disk at the same moments.")
         lines.append("")
         lines.append("| measure | target | smtp_bridge now | with the candidate | ratio to reference | result |")
         lines.append("|---|---|---:|---:|---:|:---:|")
