@@ -13,10 +13,10 @@
 //!   having them fdatasync'd in parallel by a small pool of persistent threads (`spool-fsync`:
 //!   the device takes concurrent syncs together; one after another they cost a sync each), as
 //!   `spool_sync` says ([`SpoolSync`]; `auto` takes `syncfs` while the system holds little
-//!   unwritten data, so that the batch cannot wait long behind other programs' writes), renames them
-//!   into `queue/` in the order the commits arrived (so queue IDs keep that order), fsyncs the
-//!   directory once (group commit: twenty sessions finishing DATA together share one
-//!   `sync_dir`), and only then sends the results and wakes the loop through its
+//!   unwritten data, so that the batch cannot wait long behind other programs' writes),
+//!   renames them into `queue/` in the order the commits arrived (so queue IDs keep that
+//!   order), fsyncs the directory once (group commit: twenty sessions finishing DATA together
+//!   share one `sync_queue_dir`), and only then sends the results and wakes the loop through its
 //!   [`mio::Waker`]: a `250` always follows both fsyncs.
 //!
 //! Memory stays bounded: a connection has at most one commit in flight, so the syncer never
@@ -730,7 +730,9 @@ fn finish(
 ) -> bool {
     let renamed = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
     if renamed > 0 {
-        let synced = spool.sync_dir();
+        // Only queue/: the daemon never writes to maildrop/, so syncing it too would only
+        // cost another device flush per batch.
+        let synced = spool.sync_queue_dir();
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         match synced {
             Ok(()) => {
