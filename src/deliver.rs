@@ -24,7 +24,7 @@
 //! `sendmail` to queue new mail behind waiting messages instead of sending it first.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -347,7 +347,10 @@ enum Command {
 /// The daemon's background delivery thread.
 ///
 /// It runs a pass at start, whenever it is nudged (new mail), when the head of the queue is
-/// due again, and every [`MAILDROP_POLL`] while idle (for the maildrop). It logs state changes once: a warning when the bridge starts failing (an
+/// due again, after a reload, and every [`MAILDROP_POLL`] while idle (for the maildrop).
+/// While the head of the queue waits for its next attempt, nudges start no pass: new mail
+/// cannot overtake it, and a pass would only list the whole queue again (with the bridge
+/// down for hours, once per arriving message). It logs state changes once: a warning when the bridge starts failing (an
 /// error when it refuses our requests, which points at the configuration) and an info line
 /// when it takes messages again. Retries in between are logged at debug level only.
 #[derive(Debug)]
@@ -357,6 +360,8 @@ pub struct DeliveryThread {
     nudged: Arc<AtomicBool>,
     /// Tells a pass in progress to stop after the request in flight.
     stop: Arc<AtomicBool>,
+    /// Passes run so far.
+    passes: Arc<AtomicU64>,
     /// Receives one message when the thread has ended.
     finished: Receiver<()>,
     handle: Option<JoinHandle<()>>,
@@ -375,12 +380,13 @@ impl DeliveryThread {
         let (done, finished) = mpsc::channel();
         let nudged = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let passes = Arc::new(AtomicU64::new(0));
         let handle = {
-            let (nudged, stop) = (nudged.clone(), stop.clone());
+            let (nudged, stop, passes) = (nudged.clone(), stop.clone(), passes.clone());
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
-                    run_thread(config, poll, inbox, &nudged, &stop);
+                    run_thread(config, poll, inbox, &nudged, &stop, &passes);
                     let _ = done.send(());
                 })?
         };
@@ -388,6 +394,7 @@ impl DeliveryThread {
             commands,
             nudged,
             stop,
+            passes,
             finished,
             handle: Some(handle),
         })
@@ -402,7 +409,12 @@ impl DeliveryThread {
         }
     }
 
-    /// Use a new configuration from the next pass on (SIGHUP).
+    /// How many passes the thread has run (started) so far: for tests and diagnostics.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+
+    /// Use a new configuration from the next pass on (SIGHUP), which runs at once.
     pub fn reload(&self, config: Config) {
         let _ = self.commands.send(Command::Reload(Box::new(config)));
     }
@@ -447,10 +459,13 @@ fn run_thread(
     inbox: Receiver<Command>,
     nudged: &AtomicBool,
     stop: &AtomicBool,
+    passes: &AtomicU64,
 ) {
     let mut state = BridgeState::Unknown;
     // A pass at start delivers what the last run left behind.
     let mut due = Instant::now();
+    // Set while the head of the queue waits for its next attempt (at `due`).
+    let mut head_waits = false;
     loop {
         let command = match inbox.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Ok(c) => Some(c),
@@ -458,13 +473,16 @@ fn run_thread(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         // Take everything already waiting, so that a burst of nudges is one pass.
+        let timed_out = command.is_none();
         let mut commands: Vec<Command> = command.into_iter().collect();
         commands.extend(inbox.try_iter());
+        let mut reloaded = false;
         for command in commands {
             match command {
                 Command::Nudge => nudged.store(false, Ordering::SeqCst),
                 Command::Reload(new) => {
                     config = *new;
+                    reloaded = true;
                     log::info!("delivery: configuration reloaded");
                 }
                 Command::Shutdown => return,
@@ -473,8 +491,16 @@ fn run_thread(
         if stop.load(Ordering::SeqCst) {
             return;
         }
+        // Only nudges, and the head still waits: nothing could go out before it.
+        if head_waits && !timed_out && !reloaded && Instant::now() < due {
+            continue;
+        }
         let quiet = matches!(state, BridgeState::Failing { .. });
-        due = match run_pass(&config, false, stop, quiet) {
+        passes.fetch_add(1, Ordering::SeqCst);
+        let result = run_pass(&config, false, stop, quiet);
+        head_waits =
+            matches!(&result, Ok(pass) if !pass.locked_out && pass.report.next_due.is_some());
+        due = match result {
             Ok(pass) if pass.locked_out => Instant::now() + LOCKED_RETRY,
             Ok(pass) => {
                 let report = &pass.report;

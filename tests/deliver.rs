@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Behaviour, StandInBridge, TestDir};
 use smtp_bridge::config::Config;
@@ -330,6 +330,38 @@ fn delivery_thread_delivers_on_nudge_and_retries_when_due() {
 
     thread.shutdown(Duration::from_secs(10));
     assert!(queued(&spool).is_empty());
+}
+
+#[test]
+fn nudges_start_no_pass_while_the_head_of_the_queue_waits() {
+    let (dir, bridge, config, spool) = setup("deliver-blocked");
+    bridge.set_behaviour(Behaviour::Down);
+    let thread = DeliveryThread::spawn(config.clone()).unwrap();
+    enqueue(&spool, 1);
+    thread.nudge();
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        spool.list().unwrap().first().map(|e| e.attempts) == Some(1)
+    }));
+    let passes = thread.passes();
+    // Mail keeps arriving while the head waits for its retry (10 s away): each nudge would
+    // list the whole queue again only to stop at the same head.
+    for n in 2..=20 {
+        enqueue(&spool, n);
+        thread.nudge();
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        assert_eq!(thread.passes(), passes, "a nudge started a pass");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(spool.list().unwrap().first().map(|e| e.attempts), Some(1));
+    // A reload still runs a pass at once (the new bridge may be up).
+    let other = StandInBridge::start();
+    thread.reload(test_config(&dir, &other.url));
+    assert!(common::wait_until(Duration::from_secs(20), || thread
+        .passes()
+        > passes));
+    thread.shutdown(Duration::from_secs(10));
 }
 
 #[test]
