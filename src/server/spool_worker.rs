@@ -774,6 +774,22 @@ mod tests {
         }
     }
 
+    /// A fresh spool under the temporary directory, removed when the guard drops.
+    fn temp_spool(label: &str) -> (TempSpool, Spool) {
+        let root = std::env::temp_dir().join(format!("smtp_bridge-{label}-{}", std::process::id()));
+        let spool = Spool::new(&root);
+        spool.prepare(None).unwrap();
+        (TempSpool(root), spool)
+    }
+
+    /// A worker on `spool` and the poll its waker wakes, as the event loop has them.
+    fn start(spool: &Spool, mode: SpoolSync) -> (mio::Poll, SpoolWorker) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let worker = SpoolWorker::spawn(spool.clone(), mode, waker).unwrap();
+        (poll, worker)
+    }
+
     fn envelope(sender: &str, nrcpt: usize) -> Box<Envelope> {
         Box::new(Envelope {
             sender: sender.to_owned(),
@@ -807,13 +823,8 @@ mod tests {
 
     #[test]
     fn commits_in_order_acknowledges_writes_and_reports_failures() {
-        let root = std::env::temp_dir().join(format!("smtp_bridge-worker-{}", std::process::id()));
-        let _cleanup = TempSpool(root.clone());
-        let spool = Spool::new(&root);
-        spool.prepare(None).unwrap();
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let worker = SpoolWorker::spawn(spool.clone(), SpoolSync::File, waker).unwrap();
+        let (_cleanup, spool) = temp_spool("worker");
+        let (mut poll, worker) = start(&spool, SpoolSync::File);
 
         // Three connections interleave their messages; one aborts, one commits nothing.
         for conn in 1..=3 {
@@ -878,11 +889,7 @@ mod tests {
     /// Five messages ready together become durable as one batch: one directory fsync, and
     /// with `filesystem` one `syncfs` for all their data (where the kernel allows it).
     fn group_commit(mode: SpoolSync) {
-        let root =
-            std::env::temp_dir().join(format!("smtp_bridge-group-{mode}-{}", std::process::id()));
-        let _cleanup = TempSpool(root.clone());
-        let spool = Spool::new(&root);
-        spool.prepare(None).unwrap();
+        let (_cleanup, spool) = temp_spool(&format!("group-{mode}"));
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
         // Five sessions finish DATA at once: all their jobs are queued before the worker
@@ -935,13 +942,8 @@ mod tests {
 
     #[test]
     fn a_reload_changes_how_later_batches_are_synced() {
-        let root = std::env::temp_dir().join(format!("smtp_bridge-mode-{}", std::process::id()));
-        let _cleanup = TempSpool(root.clone());
-        let spool = Spool::new(&root);
-        spool.prepare(None).unwrap();
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let worker = SpoolWorker::spawn(spool.clone(), SpoolSync::File, waker).unwrap();
+        let (_cleanup, spool) = temp_spool("mode");
+        let (mut poll, worker) = start(&spool, SpoolSync::File);
         let one = |conn: usize| {
             worker
                 .send(Job::Open {
@@ -980,10 +982,7 @@ mod tests {
 
     #[test]
     fn auto_takes_syncfs_only_when_little_is_unwritten() {
-        let root = std::env::temp_dir().join(format!("smtp_bridge-auto-{}", std::process::id()));
-        let _cleanup = TempSpool(root.clone());
-        let spool = Spool::new(&root);
-        spool.prepare(None).unwrap();
+        let (_cleanup, spool) = temp_spool("auto");
         let mut whole = WholeFs::new(&spool);
         let usable = whole.fs_sync.is_some();
         assert_eq!(usable, syncfs_reports_errors());
@@ -1010,13 +1009,7 @@ mod tests {
     }
 
     fn arrival_order(whole_fs: bool) {
-        let root = std::env::temp_dir().join(format!(
-            "smtp_bridge-order-{whole_fs}-{}",
-            std::process::id()
-        ));
-        let _cleanup = TempSpool(root.clone());
-        let spool = Spool::new(&root);
-        spool.prepare(None).unwrap();
+        let (_cleanup, spool) = temp_spool(&format!("order-{whole_fs}"));
         let pool = SyncPool::start(3);
         // Ten commits, two of them already failed, more than the pool has threads.
         let mut commits = Vec::new();
