@@ -412,6 +412,34 @@ pub struct FsSync {
 }
 
 impl FsSync {
+    /// Whether `syncfs` is known to make data and metadata durable on the spool's file
+    /// system: ext2/3/4, XFS, Btrfs and F2FS write and flush everything, tmpfs has nothing to
+    /// write. Elsewhere it may do less than an fdatasync (FUSE without `syncfs` support
+    /// returns success having done nothing), so it is not used there. `Err` names the type.
+    pub fn known_file_system(&self) -> Result<(), String> {
+        use nix::sys::statfs::{
+            fstatfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, TMPFS_MAGIC,
+            XFS_SUPER_MAGIC,
+        };
+        let fs = fstatfs(&self.dir).map_err(|e| format!("cannot tell the file system: {e}"))?;
+        let t = fs.filesystem_type();
+        let known = [
+            EXT4_SUPER_MAGIC,
+            XFS_SUPER_MAGIC,
+            BTRFS_SUPER_MAGIC,
+            F2FS_SUPER_MAGIC,
+            TMPFS_MAGIC,
+        ];
+        if known.contains(&t) {
+            Ok(())
+        } else {
+            Err(format!(
+                "syncfs is not known to make data durable on this file system (type {:#x})",
+                t.0
+            ))
+        }
+    }
+
     /// Flushes every writer's buffer, then one `syncfs`: afterwards their data is durable
     /// and a commit does not fdatasync them again. The writers must belong to the spool this
     /// handle came from (one file system).
@@ -1684,6 +1712,24 @@ mod tests {
     use super::*;
     use crate::envelope::MAX_FULL_NAME;
     use std::net::{IpAddr, Ipv6Addr};
+
+    #[test]
+    fn syncfs_only_where_it_is_known_to_work() {
+        let dir = std::env::temp_dir().join(format!("smtp_bridge-fstype-{}", std::process::id()));
+        let spool = Spool::new(&dir);
+        spool.prepare(None).unwrap();
+        let fs = spool.fs_sync().unwrap();
+        let on_ext4_or_tmpfs = fs.known_file_system();
+        let _ = fs::remove_dir_all(&dir);
+        // This machine's temporary directory (ext4 here, tmpfs on many others).
+        on_ext4_or_tmpfs.unwrap();
+        // procfs stands for any file system syncfs is not known to make durable.
+        let proc = FsSync {
+            dir: File::open("/proc").unwrap(),
+        };
+        let err = proc.known_file_system().unwrap_err();
+        assert!(err.contains("type 0x9fa0"), "{err}");
+    }
 
     #[test]
     fn kernel_releases() {

@@ -448,7 +448,10 @@ impl WholeFs {
             )
         } else {
             match spool.fs_sync() {
-                Ok(f) => (Some(f), None),
+                Ok(f) => match f.known_file_system() {
+                    Ok(()) => (Some(f), None),
+                    Err(why) => (None, Some(why)),
+                },
                 Err(e) => (
                     None,
                     Some(format!("cannot open the queue directory for syncfs: {e}")),
@@ -782,6 +785,12 @@ mod tests {
         (TempSpool(root), spool)
     }
 
+    /// Whether the worker can make batches durable with `syncfs` on this kernel and the file
+    /// system holding `spool`.
+    fn syncfs_usable(spool: &Spool) -> bool {
+        syncfs_reports_errors() && spool.fs_sync().unwrap().known_file_system().is_ok()
+    }
+
     /// A worker on `spool` and the poll its waker wakes, as the event loop has them.
     fn start(spool: &Spool, mode: SpoolSync) -> (mio::Poll, SpoolWorker) {
         let poll = mio::Poll::new().unwrap();
@@ -926,7 +935,7 @@ mod tests {
         assert_eq!(ok, 5, "{mode}");
         assert_eq!(stats.commits.load(Ordering::Relaxed), 5, "{mode}");
         assert_eq!(stats.syncs.load(Ordering::Relaxed), 1, "{mode}");
-        let want_fs_syncs = u64::from(mode == SpoolSync::Filesystem && syncfs_reports_errors());
+        let want_fs_syncs = u64::from(mode == SpoolSync::Filesystem && syncfs_usable(&spool));
         assert_eq!(
             stats.fs_syncs.load(Ordering::Relaxed),
             want_fs_syncs,
@@ -962,7 +971,7 @@ mod tests {
         worker.set_sync(SpoolSync::Filesystem);
         one(2);
         collect(&mut poll, &worker, 1);
-        let want = u64::from(syncfs_reports_errors());
+        let want = u64::from(syncfs_usable(&spool));
         assert_eq!(worker.stats().fs_syncs.load(Ordering::Relaxed), want);
         assert_eq!(spool.list().unwrap().len(), 2);
         worker.shutdown(Duration::from_secs(10));
@@ -985,7 +994,7 @@ mod tests {
         let (_cleanup, spool) = temp_spool("auto");
         let mut whole = WholeFs::new(&spool);
         let usable = whole.fs_sync.is_some();
-        assert_eq!(usable, syncfs_reports_errors());
+        assert_eq!(usable, syncfs_usable(&spool));
         assert!(whole.choose(SpoolSync::File).is_none());
         assert_eq!(whole.choose(SpoolSync::Filesystem).is_some(), usable);
         whole.last_look = Some((Instant::now(), false));
