@@ -312,15 +312,8 @@ fn planted_links_fifo_and_device_are_refused_and_targets_untouched() {
     if !common::require_root() {
         return;
     }
-    let dir = TestDir::new("a-planted");
-    let bridge = StandInBridge::start();
-    let port = common::free_port();
-    let config = common::write_config(
-        &dir.path,
-        &bridge.url,
-        &format!("listen = [\"127.0.0.1:{port}\"]"),
-    );
-    let d = Daemon::start(&config, port);
+    let (bridge, d) = common::daemon::setup("a-planted", "");
+    let dir = d.dir();
     let maildrop = dir.join("spool").join("maildrop");
     assert_eq!(
         std::fs::metadata(&maildrop).unwrap().permissions().mode() & 0o7777,

@@ -365,16 +365,9 @@ fn spool_removed_at_run_time_answers_452_until_it_is_back() {
     if !common::require_root() {
         return;
     }
-    let dir = TestDir::new("f-removed");
-    let bridge = StandInBridge::start();
+    let (bridge, d) = common::daemon::setup("f-removed", "bridge_timeout = 2");
+    let (dir, config) = (d.dir(), d.config.clone());
     let spool = dir.join("spool");
-    let port = common::free_port();
-    let config = common::write_config(
-        &dir.path,
-        &bridge.url,
-        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2"),
-    );
-    let d = Daemon::start(&config, port);
     send(&d, 0);
     bridge.wait_for(1, SOON);
 
@@ -427,16 +420,9 @@ fn spool_made_unwritable_at_run_time_answers_452_and_recovers() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    let dir = TestDir::new("f-unwritable");
-    let bridge = StandInBridge::start();
+    let (bridge, d) = common::daemon::setup("f-unwritable", "bridge_timeout = 2");
+    let (dir, config) = (d.dir(), d.config.clone());
     let spool = dir.join("spool");
-    let port = common::free_port();
-    let config = common::write_config(
-        &dir.path,
-        &bridge.url,
-        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2"),
-    );
-    let d = Daemon::start(&config, port);
     send(&d, 0);
     bridge.wait_for(1, SOON);
     // One message waits in the queue while the fault lasts; it must come out whole.
