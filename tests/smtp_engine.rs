@@ -1,7 +1,7 @@
 //! Byte-script tests of the SMTP engine (`smtp::Session`) and of `smtp::stdio::serve`.
 //!
-//! A small host (`run`) plays the daemon's part: it feeds input chunks, collects messages
-//! from the events, checks the driving contract on every call (data only inside a message,
+//! A small host (`run`: `drive` of `fuzz/src/lib.rs`, shared with the fuzz targets) plays
+//! the daemon's part: it feeds input chunks, collects messages from the events, checks the driving contract on every call (data only inside a message,
 //! nothing consumed while waiting, bounded internal buffer, data handed out as slices of the
 //! input) and commits each message. Every script is run whole, split at every byte offset,
 //! byte at a time and at random offsets, and must give identical output and data each time.
@@ -13,6 +13,16 @@ use std::io::Cursor;
 
 use smtp_bridge::smtp::{stdio, Event, Session, SessionConfig, Transaction};
 
+/// The host the fuzz targets use (`fuzz/src/lib.rs`), shared so that both check the same
+/// driving contract: it feeds chunks, collects messages from the events, commits each one
+/// (a message containing `FAIL-COMMIT` "fails to reach the disk") and asserts the contract
+/// at every call.
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod harness;
+
+use harness::{drive as run, Outcome, Transcript};
+
 /// Small limits so that scripts can cross them in a few bytes.
 fn small_config() -> SessionConfig {
     SessionConfig {
@@ -21,134 +31,6 @@ fn small_config() -> SessionConfig {
         max_recipients: 2,
         max_line_length: 80,
     }
-}
-
-/// What became of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Committed; the client got 250.
-    Queued,
-    /// The host failed to commit it; the client got 452.
-    CommitFailed,
-    /// The engine aborted it (too large, RSET, QUIT, BDAT error).
-    Aborted,
-    /// The input ended in the middle of it.
-    Unfinished,
-}
-
-/// One message as the host saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Message {
-    transaction: Transaction,
-    data: Vec<u8>,
-    outcome: Outcome,
-}
-
-/// Everything observable from one run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct Transcript {
-    output: Vec<u8>,
-    messages: Vec<Message>,
-    closed: bool,
-}
-
-/// The host commits every message at once, except that a message containing this marker
-/// "fails to reach the disk".
-const FAIL_MARKER: &[u8] = b"FAIL-COMMIT";
-
-/// Drives a fresh session with `chunks`, checking the contract at every step.
-fn run<'c>(config: SessionConfig, chunks: impl IntoIterator<Item = &'c [u8]>) -> Transcript {
-    let max_line = config.max_line_length;
-    let max_size = config.max_message_size;
-    let mut session = Session::new(config);
-    let mut transcript = Transcript::default();
-    session.greeting(&mut transcript.output);
-    let mut open: Option<Message> = None;
-    let mut queue_number = 0;
-    'chunks: for chunk in chunks {
-        let mut pos = 0;
-        loop {
-            let rest = &chunk[pos..];
-            let (used, event) = session.feed(rest, &mut transcript.output);
-            assert!(used <= rest.len(), "consumed more than given");
-            pos += used;
-            assert!(
-                session.buffered() < max_line.max(1),
-                "line buffer {} not below the limit {max_line}",
-                session.buffered()
-            );
-            match event {
-                Event::NeedInput => {
-                    assert_eq!(pos, chunk.len(), "NeedInput with input left");
-                    break;
-                }
-                Event::MessageStart(transaction) => {
-                    assert!(open.is_none(), "MessageStart inside a message");
-                    assert!(session.in_message());
-                    open = Some(Message {
-                        transaction,
-                        data: Vec::new(),
-                        outcome: Outcome::Unfinished,
-                    });
-                }
-                Event::Data(bytes) => {
-                    assert!(!bytes.is_empty(), "empty Data event");
-                    // Never buffered: a slice of this very input, or the one withheld CR.
-                    let inside = rest.as_ptr_range().contains(&bytes.as_ptr());
-                    assert!(inside || bytes == b"\r", "Data not taken from the input");
-                    let message = open.as_mut().expect("Data outside a message");
-                    message.data.extend_from_slice(bytes);
-                    assert!(
-                        message.data.len() as u64 <= max_size,
-                        "Data beyond the limit"
-                    );
-                }
-                Event::MessageAbort => {
-                    let mut message = open.take().expect("MessageAbort outside a message");
-                    assert!(!session.in_message());
-                    // The host discards what it had; how much that was depends on where
-                    // the input was split, so it is not part of the transcript.
-                    message.data.clear();
-                    message.outcome = Outcome::Aborted;
-                    transcript.messages.push(message);
-                }
-                Event::MessageEnd => {
-                    let mut message = open.take().expect("MessageEnd outside a message");
-                    assert!(session.is_waiting());
-                    assert!(!session.in_message());
-                    // Whatever follows must wait for the commit.
-                    let replies_before = transcript.output.len();
-                    let (waited, event) = session.feed(&chunk[pos..], &mut transcript.output);
-                    assert_eq!((waited, event), (0, Event::Waiting));
-                    assert_eq!(transcript.output.len(), replies_before);
-                    let failing = message
-                        .data
-                        .windows(FAIL_MARKER.len())
-                        .any(|w| w == FAIL_MARKER);
-                    if failing {
-                        session.committed(Err("disk full"), &mut transcript.output);
-                        message.outcome = Outcome::CommitFailed;
-                    } else {
-                        queue_number += 1;
-                        let id = format!("Q{queue_number}");
-                        session.committed(Ok(&id), &mut transcript.output);
-                        message.outcome = Outcome::Queued;
-                    }
-                    assert!(!session.is_waiting());
-                    transcript.messages.push(message);
-                }
-                Event::Waiting => panic!("Waiting without a MessageEnd"),
-                Event::Close => {
-                    transcript.closed = true;
-                    break 'chunks;
-                }
-            }
-        }
-    }
-    if let Some(message) = open {
-        transcript.messages.push(message);
-    }
-    transcript
 }
 
 /// Splits output into replies (multi-line ones joined) and checks each line's form.
