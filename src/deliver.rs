@@ -182,8 +182,9 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io:
     for (index, id) in ids.iter().enumerate() {
         let remaining = total - index;
         let now = SystemTime::now();
-        let entry = match spool.entry(id) {
-            Ok(entry) => entry,
+        // Opened once: the entry says whether it is due, the same file gives the message.
+        let message = match spool.open(id) {
+            Ok(message) => message,
             // Removed since the listing (by an administrator: runners hold the lock).
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -197,16 +198,13 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io:
             }
             Err(e) => return Err(e),
         };
-        if stop.load(Ordering::SeqCst) || (!force && entry.next_attempt > now) {
+        let next_attempt = message.entry.next_attempt;
+        if stop.load(Ordering::SeqCst) || (!force && next_attempt > now) {
             pass.report.waiting = remaining;
-            pass.report.next_due = Some(entry.next_attempt.max(now));
+            pass.report.next_due = Some(next_attempt.max(now));
             break;
         }
-        let (entry, raw) = match spool.read(id, MAX_PARSE_BYTES) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+        let (entry, raw) = message.read(MAX_PARSE_BYTES)?;
         let digest = Digest::build(&raw, entry.size, &entry.envelope, &options);
         drop(raw);
         let started = Instant::now();

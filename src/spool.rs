@@ -491,6 +491,27 @@ pub struct IngestReport {
     pub refused: usize,
 }
 
+/// A queued message opened by [`Spool::open`].
+#[derive(Debug)]
+pub struct OpenMessage {
+    /// Its entry (envelope, size, retry state).
+    pub entry: QueueEntry,
+    /// Positioned at the first byte of the raw message.
+    reader: BufReader<File>,
+}
+
+impl OpenMessage {
+    /// The entry and up to `limit` bytes of the raw message; the file is closed.
+    pub fn read(self, limit: usize) -> io::Result<(QueueEntry, Vec<u8>)> {
+        let want = usize::try_from(self.entry.size)
+            .unwrap_or(usize::MAX)
+            .min(limit);
+        let mut bytes = Vec::with_capacity(want);
+        self.reader.take(want as u64).read_to_end(&mut bytes)?;
+        Ok((self.entry, bytes))
+    }
+}
+
 /// The result of one look at `queue/`: what can be delivered, and what cannot even be read.
 #[derive(Debug, Default)]
 struct Scan {
@@ -909,11 +930,15 @@ impl Spool {
 
     /// One queued message: its entry and up to `limit` bytes of the raw message.
     pub fn read(&self, id: &QueueId, limit: usize) -> io::Result<(QueueEntry, Vec<u8>)> {
+        self.open(id)?.read(limit)
+    }
+
+    /// One queued message, opened: its entry now, its content when asked
+    /// ([`OpenMessage::read`]), from the same open file and header parse. Delivery looks at the entry first
+    /// (is it due?) and reads the message only then, without opening and parsing it twice.
+    pub fn open(&self, id: &QueueId) -> io::Result<OpenMessage> {
         let (entry, reader) = self.open_entry(id)?;
-        let want = usize::try_from(entry.size).unwrap_or(usize::MAX).min(limit);
-        let mut bytes = Vec::with_capacity(want);
-        reader.take(want as u64).read_to_end(&mut bytes)?;
-        Ok((entry, bytes))
+        Ok(OpenMessage { entry, reader })
     }
 
     /// Removes a delivered message.
