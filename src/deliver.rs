@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
 use crate::digest::{Digest, DigestOptions, MAX_PARSE_BYTES};
-use crate::spool::{escape, QueueEntry, QueueId, Spool};
+use crate::spool::{escape, spare_charge, QueueEntry, Spares, Spool};
 
 /// The wait after the first failure; each further failure doubles it.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -46,6 +46,9 @@ const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
 /// leaves mail in the maildrop and has no way to wake the daemon, so this bounds how long
 /// such mail waits before its first attempt.
 pub const MAILDROP_POLL: Duration = Duration::from_secs(30);
+/// The disk the delivery thread's spare files may hold ([`Spares`]): 4096 files of a small
+/// message, enough for a burst of that many to be delivered without freeing an inode.
+pub const SPARE_BYTES: u64 = 16 << 20;
 /// How long the delivery thread waits when another runner (`sendmail -q`) holds the lock.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
@@ -81,7 +84,7 @@ pub fn backoff(attempts: u32) -> Duration {
 /// Ingests the maildrop first. Takes the runner lock; returns an empty report when another
 /// process holds it.
 pub fn run_once(config: &Config, force: bool) -> io::Result<RunReport> {
-    run_pass(config, force, &AtomicBool::new(false), false).map(|pass| pass.report)
+    run_pass(config, force, &AtomicBool::new(false), false, None).map(|pass| pass.report)
 }
 
 /// A pass as the delivery thread sees it: the report, plus what it needs to log state
@@ -105,29 +108,55 @@ const REMOVALS_PER_SYNC: usize = 64;
 /// early `?` returns included) before the runner lock, it syncs what is still pending, so the
 /// next runner never starts with undurable removals behind it. A crash in between can only
 /// bring a delivered message back (a duplicate), never lose one.
+///
+/// With `spares` (the daemon), a small delivered message's file is kept for a new message
+/// instead of unlinked ([`Spool::retire_unsynced`]), and handed over only once the directory
+/// fsync made that durable.
 struct Removals<'a> {
     spool: &'a Spool,
     /// Unlinks (or attempts: a half-done removal counts) since the last directory fsync.
     unsynced: usize,
+    spares: Option<&'a Spares>,
+    /// Files retired since the last directory fsync, with their lengths: not to be written
+    /// over before it.
+    retired: Vec<(std::path::PathBuf, u64)>,
 }
 
 impl Removals<'_> {
     /// Removes a delivered message, and fsyncs `queue/` every [`REMOVALS_PER_SYNC`] of them.
-    fn remove(&mut self, id: &QueueId) -> io::Result<()> {
+    fn remove(&mut self, entry: &QueueEntry) -> io::Result<()> {
         // Counted first: a removal that fails halfway may still have unlinked the message.
         self.unsynced += 1;
-        self.spool.remove_unsynced(id)?;
+        match self.spares {
+            Some(spares) => {
+                let pending: u64 = self.retired.iter().map(|(_, len)| spare_charge(*len)).sum();
+                let room = spares.room().saturating_sub(pending);
+                if let Some(spare) = self.spool.retire_unsynced(&entry.id, room)? {
+                    self.retired.push(spare);
+                }
+            }
+            None => self.spool.remove_unsynced(&entry.id)?,
+        }
         if self.unsynced >= REMOVALS_PER_SYNC {
             self.sync()?;
         }
         Ok(())
     }
 
-    /// Makes every removal so far durable.
+    /// Makes every removal so far durable, then offers the retired files for reuse.
     fn sync(&mut self) -> io::Result<()> {
         if self.unsynced > 0 {
-            self.spool.sync_queue_dir()?;
+            if let Err(e) = self.spool.sync_queue_dir() {
+                // Their renames may not be durable: never write over them.
+                for (spare, _) in self.retired.drain(..) {
+                    let _ = std::fs::remove_file(spare);
+                }
+                return Err(e);
+            }
             self.unsynced = 0;
+        }
+        if let Some(spares) = self.spares {
+            spares.give(std::mem::take(&mut self.retired));
         }
         Ok(())
     }
@@ -145,7 +174,13 @@ impl Drop for Removals<'_> {
 /// One pass; stops early (after the request in flight) when `stop` is set. With `quiet`
 /// (the delivery thread already said the bridge is failing), deferrals are logged at debug
 /// level only.
-fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io::Result<Pass> {
+fn run_pass(
+    config: &Config,
+    force: bool,
+    stop: &AtomicBool,
+    quiet: bool,
+    spares: Option<&Spares>,
+) -> io::Result<Pass> {
     let spool = Spool::new(&config.spool_dir);
     let Some(_lock) = spool.lock_runner(false)? else {
         log::debug!("queue run skipped: another runner holds the lock");
@@ -172,6 +207,8 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io:
     let mut removals = Removals {
         spool: &spool,
         unsynced: 0,
+        spares,
+        retired: Vec::new(),
     };
     let bridge = Bridge::new(&config.queue, &config.name, config.bridge_timeout);
     let options = DigestOptions {
@@ -211,7 +248,7 @@ fn run_pass(config: &Config, force: bool, stop: &AtomicBool, quiet: bool) -> io:
         let outcome = bridge.send(&digest.render());
         let (reason, permanent) = match outcome {
             Outcome::Delivered => {
-                removals.remove(&entry.id)?;
+                removals.remove(&entry)?;
                 log::info!(
                     "{}: {}, relay=bridge, delay={}, attempts={}, status=sent (accepted by the bridge in {} ms)",
                     entry.id,
@@ -360,6 +397,8 @@ pub struct DeliveryThread {
     stop: Arc<AtomicBool>,
     /// Passes run so far.
     passes: Arc<AtomicU64>,
+    /// Files of delivered messages, for the daemon's new ones.
+    spares: Arc<Spares>,
     /// Receives one message when the thread has ended.
     finished: Receiver<()>,
     handle: Option<JoinHandle<()>>,
@@ -379,12 +418,14 @@ impl DeliveryThread {
         let nudged = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let passes = Arc::new(AtomicU64::new(0));
+        let spares = Arc::new(Spares::new(SPARE_BYTES));
         let handle = {
             let (nudged, stop, passes) = (nudged.clone(), stop.clone(), passes.clone());
+            let spares = spares.clone();
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
-                    run_thread(config, poll, inbox, &nudged, &stop, &passes);
+                    run_thread(config, poll, inbox, &nudged, &stop, &passes, &spares);
                     let _ = done.send(());
                 })?
         };
@@ -393,6 +434,7 @@ impl DeliveryThread {
             nudged,
             stop,
             passes,
+            spares,
             finished,
             handle: Some(handle),
         })
@@ -410,6 +452,12 @@ impl DeliveryThread {
     /// How many passes the thread has run (started) so far: for tests and diagnostics.
     pub fn passes(&self) -> u64 {
         self.passes.load(Ordering::SeqCst)
+    }
+
+    /// The files this thread keeps from delivered messages, for the spool worker to write new
+    /// messages over ([`Spool::create_reusing`]).
+    pub fn spares(&self) -> Arc<Spares> {
+        self.spares.clone()
     }
 
     /// Use a new configuration from the next pass on (SIGHUP), which runs at once.
@@ -458,7 +506,14 @@ fn run_thread(
     nudged: &AtomicBool,
     stop: &AtomicBool,
     passes: &AtomicU64,
+    spares: &Spares,
 ) {
+    // The spare files the last run left, before the first pass adds more.
+    match Spool::new(&config.spool_dir).adopt_spares(spares) {
+        Ok(0) => {}
+        Ok(n) => log::debug!("delivery: took up {n} spare files"),
+        Err(e) => log::warn!("cannot take up the spare files in the queue: {e}"),
+    }
     let mut state = BridgeState::Unknown;
     // A pass at start delivers what the last run left behind.
     let mut due = Instant::now();
@@ -495,7 +550,7 @@ fn run_thread(
         }
         let quiet = matches!(state, BridgeState::Failing { .. });
         passes.fetch_add(1, Ordering::SeqCst);
-        let result = run_pass(&config, false, stop, quiet);
+        let result = run_pass(&config, false, stop, quiet, Some(spares));
         head_waits =
             matches!(&result, Ok(pass) if !pass.locked_out && pass.report.next_due.is_some());
         due = match result {

@@ -62,6 +62,26 @@
 //! size limit never leaves a partial message behind. Delivery is at least once: a crash after
 //! the bridge accepted a message but before its removal reached the disk delivers it again.
 //!
+//! # Spare files
+//!
+//! The daemon keeps the files of delivered messages for new ones ([`Spares`]), as PostgreSQL
+//! recycles its WAL segments: instead of unlinking a delivered message of at most
+//! [`SPARE_MAX_BYTES`], [`Spool::retire_unsynced`] renames it to `queue/.spare.RANDOM`, and
+//! [`Spool::create_reusing`] writes the next message over it from the start and cuts it to
+//! its new length before the sync. A new message then allocates no inode and no blocks, and a
+//! delivered one frees none. That matters most on ext4 without a journal, where creating a
+//! file skips, one by one, every inode freed in the last minutes (`recently_deleted` in the
+//! kernel), and where a mount with `discard` makes every unlink wait for the device.
+//!
+//! Safety: a spare is written over only after the directory fsync that made its rename
+//! durable; until then a crash could bring the delivered message back under its queue ID, and
+//! it must not come back holding another message's bytes. A message written over a spare is
+//! committed like any other (sync, rename to its queue ID, directory fsync), so a crash while
+//! it is written leaves only a spare with meaningless content, never a message. Spares stay
+//! when the daemon stops and the next start takes them up ([`Spool::adopt_spares`]); the
+//! pool's budget bounds the disk they hold. Their names start with a dot, so no listing sees
+//! them as messages.
+//!
 //! # The maildrop
 //!
 //! `maildrop/` is writable by everybody and listable by nobody but its owner (1733, sticky).
@@ -123,6 +143,13 @@ const RETRY_SUFFIX: &str = ".retry";
 const REASON_SUFFIX: &str = ".reason";
 /// Buffer of a [`SpoolWriter`]: the only memory a message in flight costs.
 const WRITE_BUFFER: usize = 64 << 10;
+/// The largest delivered message file kept as a spare (header included): a spare holds its
+/// disk space until it is reused, so only the common small messages are kept.
+pub const SPARE_MAX_BYTES: u64 = 64 << 10;
+/// The unit a spare is charged in: a file holds whole blocks.
+const SPARE_BLOCK: u64 = 4096;
+/// Prefix of a spare file's name in `queue/`.
+const SPARE_PREFIX: &str = ".spare.";
 /// Length of a queue ID: 14 hex digits of microseconds, 4 of sequence, 8 of pid.
 const ID_LEN: usize = 26;
 /// How far a maildrop file's claimed queue ID may be from the moment it was renamed into
@@ -270,6 +297,83 @@ pub struct QueueEntry {
     pub last_error: Option<String>,
 }
 
+/// Files of delivered messages kept for new ones (see "Spare files" above), within a budget
+/// of disk space, shared by the thread that delivers and the thread that writes. The files
+/// stay when the daemon stops, for the next start to take up ([`Spool::adopt_spares`]).
+#[derive(Debug)]
+pub struct Spares {
+    ready: Mutex<Ready>,
+    budget: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ready {
+    /// Each file and what it is charged ([`spare_charge`]).
+    files: Vec<(PathBuf, u64)>,
+    /// The sum of their charges.
+    bytes: u64,
+}
+
+/// What a spare file of `len` bytes costs the budget: the blocks it holds.
+pub fn spare_charge(len: u64) -> u64 {
+    len.max(1).div_ceil(SPARE_BLOCK) * SPARE_BLOCK
+}
+
+impl Spares {
+    /// An empty pool that keeps files worth at most `budget` bytes of disk.
+    pub fn new(budget: u64) -> Spares {
+        Spares {
+            ready: Mutex::new(Ready::default()),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ready> {
+        self.ready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Bytes of budget not taken by files ready now.
+    pub fn room(&self) -> u64 {
+        self.budget.saturating_sub(self.lock().bytes)
+    }
+
+    /// Files ready for reuse now.
+    pub fn len(&self) -> usize {
+        self.lock().files.len()
+    }
+
+    /// Whether no file is ready.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds files whose retirement is durable, each with its length; those beyond the
+    /// budget are removed.
+    pub fn give(&self, files: Vec<(PathBuf, u64)>) {
+        let mut ready = self.lock();
+        for (file, len) in files {
+            let charge = spare_charge(len);
+            if ready.bytes + charge <= self.budget {
+                ready.bytes += charge;
+                ready.files.push((file, charge));
+            } else if let Err(e) = fs::remove_file(&file) {
+                log::warn!("cannot remove spare file {}: {e}", file.display());
+            }
+        }
+    }
+
+    /// A file to write over, the most recently retired first (its blocks are likeliest still
+    /// cached).
+    fn take(&self) -> Option<PathBuf> {
+        let mut ready = self.lock();
+        let (file, charge) = ready.files.pop()?;
+        ready.bytes -= charge;
+        Some(file)
+    }
+}
+
 /// Where a [`SpoolWriter`] puts its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
@@ -298,6 +402,11 @@ pub struct SpoolWriter {
     /// Set by [`SpoolWriter::sync_data`] (and cleared by any later write), so that the commit
     /// does not fdatasync the same data twice.
     synced: bool,
+    /// Header bytes at the start of the file.
+    header_len: u64,
+    /// The file's length on disk beyond what was written: a reused spare still holds its
+    /// earlier content there until [`SpoolWriter::settle`] cuts it off. 0 for a new file.
+    stale_len: u64,
 }
 
 impl io::Write for SpoolWriter {
@@ -339,15 +448,35 @@ impl SpoolWriter {
     /// several writers in parallel this way, then commits (renames) them in order, cheaply.
     /// A commit after this does not sync again, unless something was written in between.
     pub fn sync_data(&mut self) -> io::Result<()> {
-        let file = self.file.as_mut().ok_or_else(closed)?;
-        file.flush()?;
-        // fdatasync is enough: the file is new, and its size is data for this purpose.
-        file.get_ref().sync_data()?;
+        self.settle()?;
+        // fdatasync is enough: the file is new (or a spare rewritten in place), and its size
+        // is data for this purpose.
+        self.file
+            .as_ref()
+            .ok_or_else(closed)?
+            .get_ref()
+            .sync_data()?;
         self.synced = true;
         Ok(())
     }
 
+    /// Puts everything written into the file, and cuts a reused spare to that length: what
+    /// every way of syncing does first.
+    fn settle(&mut self) -> io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(closed)?;
+        file.flush()?;
+        let len = self.header_len + self.size;
+        if self.stale_len > len {
+            file.get_ref().set_len(len)?;
+            self.stale_len = 0;
+        }
+        Ok(())
+    }
+
     fn finish(mut self, sync_dir: bool) -> io::Result<QueueId> {
+        if !self.synced {
+            self.settle()?;
+        }
         let buffered = self.file.take().ok_or_else(closed)?;
         let file = buffered.into_inner().map_err(|e| e.into_error())?;
         if !self.synced {
@@ -445,7 +574,7 @@ impl FsSync {
     /// handle came from (one file system).
     pub fn sync_data(&self, writers: &mut [&mut SpoolWriter]) -> io::Result<()> {
         for w in writers.iter_mut() {
-            w.file.as_mut().ok_or_else(closed)?.flush()?;
+            w.settle()?;
         }
         nix::unistd::syncfs(self.dir.as_fd()).map_err(io::Error::from)?;
         for w in writers.iter_mut() {
@@ -614,6 +743,18 @@ impl Spool {
     /// Starts a message in `queue/` (the daemon, or a process running as the spool owner).
     pub fn create(&self, envelope: &Envelope) -> io::Result<SpoolWriter> {
         SpoolWriter::start(&self.queue_dir(), Area::Queue, envelope, None)
+    }
+
+    /// [`Spool::create`] over a spare file when `spares` has one ready, so that no inode or
+    /// block is allocated; a new file otherwise.
+    pub fn create_reusing(&self, envelope: &Envelope, spares: &Spares) -> io::Result<SpoolWriter> {
+        let dir = self.queue_dir();
+        while let Some(spare) = spares.take() {
+            if let Some(writer) = SpoolWriter::start_over(&dir, spare, envelope) {
+                return Ok(writer);
+            }
+        }
+        self.create(envelope)
     }
 
     /// Starts a message in `maildrop/` (any local user, no privileges needed).
@@ -962,6 +1103,60 @@ impl Spool {
         remove_if_exists(&self.retry_path(id))
     }
 
+    /// Removes a delivered message from the queue like [`Spool::remove_unsynced`], but keeps
+    /// its file as a spare (`queue/.spare.RANDOM`) when it is at most [`SPARE_MAX_BYTES`]
+    /// long and its [`spare_charge`] fits in `room`, and returns that name and the file's
+    /// length (`None`: it was unlinked). Hand it to [`Spares::give`] only after
+    /// [`Spool::sync_queue_dir`] made the rename durable.
+    pub fn retire_unsynced(&self, id: &QueueId, room: u64) -> io::Result<Option<(PathBuf, u64)>> {
+        let path = self.message_path(id)?;
+        let len = fs::symlink_metadata(&path)?.len();
+        if len > SPARE_MAX_BYTES || spare_charge(len) > room {
+            self.remove_unsynced(id)?;
+            return Ok(None);
+        }
+        let spare = self
+            .queue_dir()
+            .join(format!("{SPARE_PREFIX}{}", random_hex()));
+        rename_noreplace(&path, &spare)?;
+        remove_if_exists(&self.retry_path(id))?;
+        Ok(Some((spare, len)))
+    }
+
+    /// Takes up the spare files a previous run left in `queue/` into `spares`, and returns how
+    /// many it took. Those beyond its budget, over [`SPARE_MAX_BYTES`] or not a plain file
+    /// with one link are removed (only the name: a link's target is untouched); a directory
+    /// under such a name is left alone.
+    pub fn adopt_spares(&self, spares: &Spares) -> io::Result<usize> {
+        let dir = self.queue_dir();
+        let mut found = Vec::new();
+        for name in read_names(&dir)? {
+            if !name.as_bytes().starts_with(SPARE_PREFIX.as_bytes()) {
+                continue;
+            }
+            let path = dir.join(&name);
+            match fs::symlink_metadata(&path) {
+                Ok(meta)
+                    if meta.file_type().is_file()
+                        && meta.nlink() == 1
+                        && meta.len() <= SPARE_MAX_BYTES =>
+                {
+                    found.push((path, meta.len()))
+                }
+                Ok(meta) if meta.is_dir() => log::warn!(
+                    "{}: a directory under a spare file's name; left alone",
+                    path.display()
+                ),
+                Ok(_) => remove_if_exists(&path)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let before = spares.len();
+        spares.give(found);
+        Ok(spares.len() - before)
+    }
+
     /// fsyncs `queue/`, making earlier [`Spool::remove_unsynced`] calls durable.
     pub fn sync_queue_dir(&self) -> io::Result<()> {
         fsync_dir(&self.queue_dir())
@@ -1229,7 +1424,6 @@ impl SpoolWriter {
         envelope: &Envelope,
         preferred_id: Option<QueueId>,
     ) -> io::Result<SpoolWriter> {
-        let header = encode_header(envelope)?;
         let temp = dir.join(temp_name());
         let mode = match area {
             Area::Queue => 0o600,
@@ -1241,7 +1435,52 @@ impl SpoolWriter {
             .mode(mode)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&temp)?;
-        // From here on, dropping the writer removes the file.
+        SpoolWriter::begin(file, dir, temp, area, envelope, preferred_id, 0)
+    }
+
+    /// Starts a message in `queue/` over a spare file (see [`Spares`]). `None` when the spare
+    /// is not one any more (gone, or not a plain file of ours with one link): it is then
+    /// removed, and the caller creates a new file.
+    fn start_over(dir: &Path, spare: PathBuf, envelope: &Envelope) -> Option<SpoolWriter> {
+        if spare.parent() != Some(dir) {
+            // Retired from another spool: not ours to write in.
+            let _ = fs::remove_file(&spare);
+            return None;
+        }
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).bits())
+            .open(&spare);
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) => {
+                log::debug!("spare file {} not reused: {e}", spare.display());
+                let _ = fs::remove_file(&spare);
+                return None;
+            }
+        };
+        let meta = file.metadata().ok()?;
+        if !meta.file_type().is_file()
+            || meta.nlink() != 1
+            || meta.uid() != nix::unistd::geteuid().as_raw()
+        {
+            let _ = fs::remove_file(&spare);
+            return None;
+        }
+        SpoolWriter::begin(file, dir, spare, Area::Queue, envelope, None, meta.len()).ok()
+    }
+
+    /// Writes the header into `file` (at `temp` in `dir`); from here on, dropping the writer
+    /// removes the file.
+    fn begin(
+        file: File,
+        dir: &Path,
+        temp: PathBuf,
+        area: Area,
+        envelope: &Envelope,
+        preferred_id: Option<QueueId>,
+        stale_len: u64,
+    ) -> io::Result<SpoolWriter> {
         let mut writer = SpoolWriter {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             dir: dir.to_path_buf(),
@@ -1251,7 +1490,10 @@ impl SpoolWriter {
             preferred_id,
             done: false,
             synced: false,
+            header_len: 0,
+            stale_len,
         };
+        let header = encode_header(envelope)?;
         if let Some(f) = writer.file.as_mut() {
             match area {
                 // The umask must not make it unreadable for the daemon.
@@ -1262,6 +1504,7 @@ impl SpoolWriter {
             }
             f.write_all(&header)?;
         }
+        writer.header_len = header.len() as u64;
         Ok(writer)
     }
 }

@@ -325,7 +325,7 @@ fn bdat_chunks_that_lie_about_their_size() {
     // client that hung up: no temporary file is left behind.
     drop(waiting);
     assert!(
-        common::wait_until(SOON, || d.queue_entries().is_empty()),
+        common::wait_until(SOON, || d.temp_files().is_empty() && d.queued_files() == 0),
         "left in the queue: {:?}",
         d.queue_entries()
     );

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::TestDir;
 use smtp_bridge::envelope::{Envelope, Origin};
-use smtp_bridge::spool::{QueueId, Spool, MAGIC, MAX_HEADER_BYTES};
+use smtp_bridge::spool::{
+    spare_charge, QueueId, Spares, Spool, MAGIC, MAX_HEADER_BYTES, SPARE_MAX_BYTES,
+};
 
 /// The environment variable that turns `child_helper` into a child process's main.
 const CHILD_ENV: &str = "SMTP_BRIDGE_SPOOL_TEST_CHILD";
@@ -882,4 +884,208 @@ fn maildrop_keeps_the_full_name() {
         2,
         "message and reason"
     );
+}
+
+// ---- spare files -----------------------------------------------------------------------
+
+/// Retires a queued message as a spare, makes that durable and hands it to `spares`; returns
+/// the spare's path and inode.
+fn retire(spool: &Spool, spares: &Spares, id: &QueueId) -> (PathBuf, u64) {
+    let (spare, len) = spool
+        .retire_unsynced(id, spares.room())
+        .unwrap()
+        .expect("kept as a spare");
+    assert_eq!(fs::metadata(&spare).unwrap().len(), len);
+    spool.sync_queue_dir().unwrap();
+    let inode = fs::metadata(&spare).unwrap().ino();
+    spares.give(vec![(spare.clone(), len)]);
+    (spare, inode)
+}
+
+/// The spool file of `id`, whole.
+fn file_of(spool: &Spool, id: &QueueId) -> Vec<u8> {
+    fs::read(spool.root().join("queue").join(&id.0)).unwrap()
+}
+
+/// A delivered message's file is written over by the next message, in each of the ways the
+/// spool worker commits (fdatasync then rename, `commit`, one syncfs for a batch): the same
+/// inode, and exactly the new message, the longer old content cut off.
+#[test]
+fn a_spare_is_written_over_by_the_next_message_and_cut_to_its_length() {
+    let dir = TestDir::new("spool-spare");
+    let spool = prepared(&dir);
+    let spares = Spares::new(1 << 20);
+    let env = envelope("a@example.org", &["root"]);
+    let fs_sync = spool.fs_sync().unwrap();
+    for way in ["sync_data", "commit", "syncfs"] {
+        let old = queue_message(&spool, &env, &[b'L'; 20_000]);
+        let (spare, inode) = retire(&spool, &spares, &old);
+        assert!(spool.ids().unwrap().is_empty(), "a spare is not a message");
+        assert_eq!(spares.len(), 1);
+
+        let mut w = spool.create_reusing(&env, &spares).unwrap();
+        assert!(spares.is_empty(), "{way}: the spare was taken");
+        w.write_all(b"short body\r\n").unwrap();
+        let id = match way {
+            "sync_data" => {
+                w.sync_data().unwrap();
+                let id = w.commit_file().unwrap();
+                spool.sync_queue_dir().unwrap();
+                id
+            }
+            "commit" => w.commit().unwrap(),
+            _ => {
+                fs_sync.sync_data(&mut [&mut w]).unwrap();
+                let id = w.commit_file().unwrap();
+                spool.sync_queue_dir().unwrap();
+                id
+            }
+        };
+        let path = spool.root().join("queue").join(&id.0);
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            inode,
+            "{way}: same inode"
+        );
+        assert!(!spare.exists(), "{way}: the spare became the message");
+        let (entry, raw) = spool.read(&id, usize::MAX).unwrap();
+        assert_eq!(raw, b"short body\r\n", "{way}");
+        assert_eq!(entry.size, 12, "{way}");
+        let whole = file_of(&spool, &id);
+        assert!(whole.starts_with(MAGIC.as_bytes()), "{way}");
+        assert!(
+            whole.ends_with(b"\n\nshort body\r\n"),
+            "{way}: nothing stale"
+        );
+        assert_eq!(names(&spool.root().join("queue")), vec![id.0.clone()]);
+        spool.remove(&id).unwrap();
+    }
+}
+
+/// A message written over a spare and then abandoned (a client that hung up, a failed
+/// write) leaves nothing behind, like one written in a new file.
+#[test]
+fn an_abandoned_message_over_a_spare_leaves_nothing() {
+    let dir = TestDir::new("spool-spare-abort");
+    let spool = prepared(&dir);
+    let spares = Spares::new(1 << 20);
+    let env = envelope("a@example.org", &["root"]);
+    let old = queue_message(&spool, &env, b"old message\r\n");
+    let (spare, _) = retire(&spool, &spares, &old);
+    let mut w = spool.create_reusing(&env, &spares).unwrap();
+    w.write_all(b"half a mess").unwrap();
+    drop(w);
+    assert!(!spare.exists());
+    assert!(names(&spool.root().join("queue")).is_empty());
+    assert!(spool.list().unwrap().is_empty());
+}
+
+/// Only small files within the budget are kept; the rest are unlinked as before, and a pool
+/// never holds more than its budget.
+#[test]
+fn only_small_files_within_the_budget_become_spares() {
+    let dir = TestDir::new("spool-spare-budget");
+    let spool = prepared(&dir);
+    let env = envelope("a@example.org", &["root"]);
+    let queue = spool.root().join("queue");
+
+    // Too large for a spare: unlinked.
+    let big = queue_message(&spool, &env, &vec![b'B'; SPARE_MAX_BYTES as usize]);
+    assert!(spool.retire_unsynced(&big, u64::MAX).unwrap().is_none());
+    // No room left: unlinked.
+    let small = queue_message(&spool, &env, b"small\r\n");
+    assert!(spool.retire_unsynced(&small, 4095).unwrap().is_none());
+    assert!(names(&queue).is_empty(), "{:?}", names(&queue));
+
+    // A budget of two small files: the third one given is removed.
+    let spares = Spares::new(2 * spare_charge(1));
+    let mut given = Vec::new();
+    for _ in 0..3 {
+        let id = queue_message(&spool, &env, b"small\r\n");
+        given.push(spool.retire_unsynced(&id, u64::MAX).unwrap().unwrap());
+    }
+    spool.sync_queue_dir().unwrap();
+    let paths: Vec<PathBuf> = given.iter().map(|(p, _)| p.clone()).collect();
+    spares.give(given);
+    assert_eq!(spares.len(), 2);
+    assert_eq!(spares.room(), 0);
+    assert_eq!(paths.iter().filter(|p| p.exists()).count(), 2);
+    assert_eq!(names(&queue).len(), 2);
+}
+
+/// Spares stay when the pool goes (the daemon stops), and the next start takes them up;
+/// anything under a spare's name that is not a plain file of one link within the size limit
+/// is removed, a link's target untouched. `prepare` keeps spares, and no listing shows them.
+#[test]
+fn spares_left_by_a_previous_run_are_taken_up_and_odd_ones_removed() {
+    let dir = TestDir::new("spool-spare-adopt");
+    let spool = prepared(&dir);
+    let env = envelope("a@example.org", &["root"]);
+    let queue = spool.root().join("queue");
+    let (kept, inode) = {
+        let spares = Spares::new(1 << 20);
+        let id = queue_message(&spool, &env, b"delivered\r\n");
+        retire(&spool, &spares, &id)
+    };
+    assert!(kept.exists(), "a spare outlives its pool");
+
+    let target = dir.join("target");
+    fs::write(&target, b"not ours").unwrap();
+    std::os::unix::fs::symlink(&target, queue.join(".spare.link")).unwrap();
+    fs::write(
+        queue.join(".spare.big"),
+        vec![b'x'; SPARE_MAX_BYTES as usize + 1],
+    )
+    .unwrap();
+    fs::write(dir.join("other"), b"two links").unwrap();
+    fs::hard_link(dir.join("other"), queue.join(".spare.hardlink")).unwrap();
+    fs::create_dir(queue.join(".spare.dir")).unwrap();
+
+    spool.prepare(None).unwrap();
+    assert!(kept.exists(), "prepare keeps spares");
+    assert!(spool.ids().unwrap().is_empty());
+    assert!(spool.list().unwrap().is_empty());
+
+    let spares = Spares::new(1 << 20);
+    assert_eq!(spool.adopt_spares(&spares).unwrap(), 1);
+    assert_eq!(spares.len(), 1);
+    let left: Vec<String> = names(&queue);
+    assert_eq!(left.len(), 2, "the spare and the directory: {left:?}");
+    assert!(left.contains(&".spare.dir".to_owned()));
+    assert_eq!(fs::read(&target).unwrap(), b"not ours");
+    assert_eq!(fs::read(dir.join("other")).unwrap(), b"two links");
+
+    let mut w = spool.create_reusing(&env, &spares).unwrap();
+    w.write_all(b"new\r\n").unwrap();
+    let id = w.commit().unwrap();
+    let path = queue.join(&id.0);
+    assert_eq!(fs::metadata(path).unwrap().ino(), inode);
+}
+
+/// A spare that is gone, or that someone replaced with something else, is not written
+/// over: the message goes to a new file.
+#[test]
+fn a_spare_that_changed_is_not_written_over() {
+    let dir = TestDir::new("spool-spare-gone");
+    let spool = prepared(&dir);
+    let spares = Spares::new(1 << 20);
+    let env = envelope("a@example.org", &["root"]);
+    let a = queue_message(&spool, &env, b"a\r\n");
+    let b = queue_message(&spool, &env, b"b\r\n");
+    let (gone, _) = retire(&spool, &spares, &a);
+    let (linked, _) = retire(&spool, &spares, &b);
+    fs::remove_file(&gone).unwrap();
+    let outside = dir.join("outside");
+    fs::write(&outside, b"keep me").unwrap();
+    fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink(&outside, &linked).unwrap();
+
+    let mut w = spool.create_reusing(&env, &spares).unwrap();
+    assert!(spares.is_empty());
+    w.write_all(b"fresh\r\n").unwrap();
+    let id = w.commit().unwrap();
+    assert_eq!(spool.read(&id, 100).unwrap().1, b"fresh\r\n");
+    assert_eq!(fs::read(&outside).unwrap(), b"keep me");
+    assert!(!linked.exists() && fs::symlink_metadata(&linked).is_err());
+    assert_eq!(names(&spool.root().join("queue")), vec![id.0]);
 }

@@ -317,6 +317,7 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         Spool::new(config.spool_dir.clone()),
         config.spool_sync,
         waker,
+        delivery.spares(),
     )
     .map_err(io_err("start the spool worker"))?;
     let mut server = Server {

@@ -34,7 +34,7 @@ use mio::Waker;
 
 use crate::config::SpoolSync;
 use crate::envelope::Envelope;
-use crate::spool::{syncfs_reports_errors, FsSync, QueueId, Spool, SpoolWriter};
+use crate::spool::{syncfs_reports_errors, FsSync, QueueId, Spares, Spool, SpoolWriter};
 
 /// Once a batch has written this many bytes, its commits are made durable and its results
 /// sent, even if more jobs are waiting: commits do not wait behind other sessions' bulk data.
@@ -136,8 +136,14 @@ pub(crate) struct Stats {
 }
 
 impl SpoolWorker {
-    /// Starts the thread, making commits durable as `sync` says.
-    pub fn spawn(spool: Spool, sync: SpoolSync, waker: Arc<Waker>) -> io::Result<SpoolWorker> {
+    /// Starts the thread, making commits durable as `sync` says, and writing new messages over
+    /// the delivery thread's `spares` when it has some.
+    pub fn spawn(
+        spool: Spool,
+        sync: SpoolSync,
+        waker: Arc<Waker>,
+        spares: Arc<Spares>,
+    ) -> io::Result<SpoolWorker> {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
@@ -145,6 +151,7 @@ impl SpoolWorker {
         let shared = Shared {
             stats: stats.clone(),
             sync_mode: sync_mode.clone(),
+            spares,
         };
         let handle = thread::Builder::new()
             .name("spool".to_owned())
@@ -259,6 +266,8 @@ struct Batch {
 struct Shared {
     stats: Arc<Stats>,
     sync_mode: Arc<SyncMode>,
+    /// Files of delivered messages to write new ones over.
+    spares: Arc<Spares>,
 }
 
 fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>, shared: &Shared) {
@@ -271,7 +280,7 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>,
                 move || syncer(spool, &commits_rx, &done, &waker, shared)
             });
         match started {
-            Ok(_) => write_loop(&spool, &jobs, commits_tx, &done, &waker),
+            Ok(_) => write_loop(&spool, &shared.spares, &jobs, commits_tx, &done, &waker),
             // The worker ends at once; the loop answers 452 to anyone waiting on it.
             Err(e) => log::error!("cannot start the spool sync thread: {e}"),
         }
@@ -281,6 +290,7 @@ fn run(spool: Spool, jobs: Receiver<Job>, done: Sender<Done>, waker: Arc<Waker>,
 /// The worker's own loop: writes, acknowledges, and hands commits to the syncer.
 fn write_loop(
     spool: &Spool,
+    spares: &Spares,
     jobs: &Receiver<Job>,
     commits: Sender<Vec<Commit>>,
     done: &Sender<Done>,
@@ -291,7 +301,7 @@ fn write_loop(
         let mut batch = Batch::default();
         let mut next = Some(first);
         while let Some(job) = next {
-            handle(spool, &mut slots, &mut batch, job);
+            handle(spool, spares, &mut slots, &mut batch, job);
             if batch.bytes >= BATCH_BYTES {
                 break;
             }
@@ -355,14 +365,20 @@ fn syncer(
     }
 }
 
-fn handle(spool: &Spool, slots: &mut HashMap<usize, Slot>, batch: &mut Batch, job: Job) {
+fn handle(
+    spool: &Spool,
+    spares: &Spares,
+    slots: &mut HashMap<usize, Slot>,
+    batch: &mut Batch,
+    job: Job,
+) {
     match job {
         Job::Open {
             conn,
             log_id,
             envelope,
         } => {
-            let slot = match spool.create(&envelope) {
+            let slot = match spool.create_reusing(&envelope, spares) {
                 Ok(writer) => Slot::Writing {
                     writer,
                     sender: envelope.sender.clone(),
@@ -795,7 +811,8 @@ mod tests {
     fn start(spool: &Spool, mode: SpoolSync) -> (mio::Poll, SpoolWorker) {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let worker = SpoolWorker::spawn(spool.clone(), mode, waker).unwrap();
+        let worker =
+            SpoolWorker::spawn(spool.clone(), mode, waker, Arc::new(Spares::new(0))).unwrap();
         (poll, worker)
     }
 
@@ -925,6 +942,7 @@ mod tests {
         let shared = Shared {
             stats: Arc::new(Stats::default()),
             sync_mode: Arc::new(SyncMode::new(mode)),
+            spares: Arc::new(Spares::new(0)),
         };
         run(spool.clone(), jobs_rx, done_tx, waker, &shared);
         let ok = done_rx

@@ -203,8 +203,25 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// Files of messages still being received (`.tmp.*`) in its spool's queue directory.
+    pub fn temp_files(&self) -> Vec<String> {
+        self.queue_entries()
+            .into_iter()
+            .filter(|name| name.starts_with(".tmp."))
+            .collect()
+    }
+
+    /// Spare files (`.spare.*`: delivered messages' files kept for new ones) in its spool's
+    /// queue directory.
+    pub fn spare_files(&self) -> Vec<String> {
+        self.queue_entries()
+            .into_iter()
+            .filter(|name| name.starts_with(".spare."))
+            .collect()
+    }
+
     /// Messages in its spool's queue directory (not the `.tmp.*` files of messages still
-    /// being received).
+    /// being received, nor spare files).
     pub fn queued_files(&self) -> usize {
         self.queue_entries()
             .iter()
