@@ -459,8 +459,10 @@ entries() { # KIND: the paths recorded with that kind, last first
 }
 
 spool_is_empty() {
+	# queue/.spare.* are the files of delivered messages the daemon keeps for new ones: not mail.
 	for d in maildrop queue failed; do
-		if [ -d "$DESTDIR$1/$d" ] && [ -n "$(ls -A "$DESTDIR$1/$d")" ]; then
+		if [ -d "$DESTDIR$1/$d" ] && [ -n "$(find "$DESTDIR$1/$d" -mindepth 1 -maxdepth 1 \
+			! -path "$DESTDIR$1/queue/.spare.*" -print -quit)" ]; then
 			return 1
 		fi
 	done
