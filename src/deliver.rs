@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
 use crate::digest::{Digest, DigestOptions, MAX_PARSE_BYTES};
-use crate::spool::{escape, spare_charge, QueueEntry, Spares, Spool};
+use crate::spool::{escape, spare_charge, QueueEntry, SpareKeeper, Spares, Spool};
 
 /// The wait after the first failure; each further failure doubles it.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -109,14 +109,14 @@ const REMOVALS_PER_SYNC: usize = 64;
 /// next runner never starts with undurable removals behind it. A crash in between can only
 /// bring a delivered message back (a duplicate), never lose one.
 ///
-/// With `spares` (the daemon), a small delivered message's file is kept for a new message
-/// instead of unlinked ([`Spool::retire_unsynced`]), and handed over only once the directory
-/// fsync made that durable.
+/// With `spares` (the daemon, holding the right to keep them), a small delivered message's
+/// file is kept for a new message instead of unlinked ([`Spool::retire_unsynced`]), and
+/// handed over only once the directory fsync made that durable.
 struct Removals<'a> {
     spool: &'a Spool,
     /// Unlinks (or attempts: a half-done removal counts) since the last directory fsync.
     unsynced: usize,
-    spares: Option<&'a Spares>,
+    spares: Option<(&'a Spares, &'a SpareKeeper)>,
     /// Files retired since the last directory fsync, with their lengths: not to be written
     /// over before it.
     retired: Vec<(std::path::PathBuf, u64)>,
@@ -128,7 +128,7 @@ impl Removals<'_> {
         // Counted first: a removal that fails halfway may still have unlinked the message.
         self.unsynced += 1;
         match self.spares {
-            Some(spares) => {
+            Some((spares, _)) => {
                 let pending: u64 = self.retired.iter().map(|(_, len)| spare_charge(*len)).sum();
                 let room = spares.room().saturating_sub(pending);
                 if let Some(spare) = self.spool.retire_unsynced(&entry.id, room)? {
@@ -146,16 +146,27 @@ impl Removals<'_> {
     /// Makes every removal so far durable, then offers the retired files for reuse.
     fn sync(&mut self) -> io::Result<()> {
         if self.unsynced > 0 {
-            if let Err(e) = self.spool.sync_queue_dir() {
-                // Their renames may not be durable: never write over them.
+            let synced = match self.spares {
+                // Through the descriptor held since the start, which sees every write error
+                // on the directory since then, even one another fsync reported first.
+                Some((_, keeper)) => keeper.sync_queue_dir(),
+                None => self.spool.sync_queue_dir(),
+            };
+            if let Err(e) = synced {
+                // Their renames may not be durable: never write over them, nor over any
+                // spare retired later in this run.
                 for (spare, _) in self.retired.drain(..) {
                     let _ = std::fs::remove_file(spare);
+                }
+                if let Some((spares, _)) = self.spares {
+                    log::error!("spare files given up until restart: {e}");
+                    spares.close();
                 }
                 return Err(e);
             }
             self.unsynced = 0;
         }
-        if let Some(spares) = self.spares {
+        if let Some((spares, _)) = self.spares {
             spares.give(std::mem::take(&mut self.retired));
         }
         Ok(())
@@ -179,7 +190,7 @@ fn run_pass(
     force: bool,
     stop: &AtomicBool,
     quiet: bool,
-    spares: Option<&Spares>,
+    spares: Option<(&Spares, &SpareKeeper)>,
 ) -> io::Result<Pass> {
     let spool = Spool::new(&config.spool_dir);
     let Some(_lock) = spool.lock_runner(false)? else {
@@ -508,12 +519,26 @@ fn run_thread(
     passes: &AtomicU64,
     spares: &Spares,
 ) {
-    // The spare files the last run left, before the first pass adds more.
-    match Spool::new(&config.spool_dir).adopt_spares(spares) {
-        Ok(0) => {}
-        Ok(n) => log::debug!("delivery: took up {n} spare files"),
-        Err(e) => log::warn!("cannot take up the spare files in the queue: {e}"),
-    }
+    // The right to keep spare files, and those the last run left, before the first pass.
+    let keeper = match Spool::new(&config.spool_dir).keep_spares(spares) {
+        Ok(Some(keeper)) => {
+            if keeper.adopted() > 0 {
+                log::debug!("delivery: took up {} spare files", keeper.adopted());
+            }
+            Some(keeper)
+        }
+        Ok(None) => {
+            log::warn!(
+                "another process keeps the spare files of {} (spares.lock): delivered messages are removed instead",
+                config.spool_dir.display()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot keep spare files: {e}; delivered messages are removed instead");
+            None
+        }
+    };
     let mut state = BridgeState::Unknown;
     // A pass at start delivers what the last run left behind.
     let mut due = Instant::now();
@@ -550,7 +575,12 @@ fn run_thread(
         }
         let quiet = matches!(state, BridgeState::Failing { .. });
         passes.fetch_add(1, Ordering::SeqCst);
-        let result = run_pass(&config, false, stop, quiet, Some(spares));
+        // Spares belong to the spool they were taken up in (spool_dir needs a restart).
+        let keeping = keeper
+            .as_ref()
+            .filter(|k| k.root() == config.spool_dir)
+            .map(|k| (spares, k));
+        let result = run_pass(&config, false, stop, quiet, keeping);
         head_waits =
             matches!(&result, Ok(pass) if !pass.locked_out && pass.report.next_due.is_some());
         due = match result {

@@ -68,8 +68,8 @@
 //! recycles its WAL segments: instead of unlinking a delivered message of at most
 //! [`SPARE_MAX_BYTES`], [`Spool::retire_unsynced`] renames it to `queue/.spare.RANDOM`, and
 //! [`Spool::create_reusing`] writes the next message over it from the start and cuts it to
-//! its new length before the sync. A new message then allocates no inode and no blocks, and a
-//! delivered one frees none. That matters most on ext4 without a journal, where creating a
+//! its new length before the sync. A small message then allocates no inode (nor blocks, when
+//! it is no larger than the spare), and a delivered one frees none. That matters most on ext4 without a journal, where creating a
 //! file skips, one by one, every inode freed in the last minutes (`recently_deleted` in the
 //! kernel), and where a mount with `discard` makes every unlink wait for the device.
 //!
@@ -78,9 +78,14 @@
 //! it must not come back holding another message's bytes. A message written over a spare is
 //! committed like any other (sync, rename to its queue ID, directory fsync), so a crash while
 //! it is written leaves only a spare with meaningless content, never a message. Spares stay
-//! when the daemon stops and the next start takes them up ([`Spool::adopt_spares`]); the
-//! pool's budget bounds the disk they hold. Their names start with a dot, so no listing sees
-//! them as messages.
+//! when the daemon stops and the next start takes them up ([`Spool::keep_spares`]), after a
+//! directory fsync, since the run that retired them may have died before its own. Only the
+//! process holding `spares.lock` keeps spares, so two daemons on one spool never write over
+//! the same file; the directory fsyncs that make retirements durable go through a descriptor
+//! it holds from the start, so a write error on the directory reaches it even when another
+//! fsync reported it first, and a failed one gives up every spare until restart. The pool's
+//! budget bounds the disk they hold. Their names start with a dot, so no listing sees them as
+//! messages.
 //!
 //! # The maildrop
 //!
@@ -150,6 +155,8 @@ pub const SPARE_MAX_BYTES: u64 = 64 << 10;
 const SPARE_BLOCK: u64 = 4096;
 /// Prefix of a spare file's name in `queue/`.
 const SPARE_PREFIX: &str = ".spare.";
+/// Held by the daemon that keeps spare files ([`Spool::keep_spares`]).
+const SPARES_LOCK: &str = "spares.lock";
 /// Length of a queue ID: 14 hex digits of microseconds, 4 of sequence, 8 of pid.
 const ID_LEN: usize = 26;
 /// How far a maildrop file's claimed queue ID may be from the moment it was renamed into
@@ -299,7 +306,7 @@ pub struct QueueEntry {
 
 /// Files of delivered messages kept for new ones (see "Spare files" above), within a budget
 /// of disk space, shared by the thread that delivers and the thread that writes. The files
-/// stay when the daemon stops, for the next start to take up ([`Spool::adopt_spares`]).
+/// stay when the daemon stops, for the next start to take up ([`Spool::keep_spares`]).
 #[derive(Debug)]
 pub struct Spares {
     ready: Mutex<Ready>,
@@ -312,11 +319,24 @@ struct Ready {
     files: Vec<(PathBuf, u64)>,
     /// The sum of their charges.
     bytes: u64,
+    /// Set by [`Spares::close`]: nothing is kept or handed out any more.
+    closed: bool,
 }
 
 /// What a spare file of `len` bytes costs the budget: the blocks it holds.
 pub fn spare_charge(len: u64) -> u64 {
     len.max(1).div_ceil(SPARE_BLOCK) * SPARE_BLOCK
+}
+
+/// Unlinks spare files that are not kept.
+fn remove_spares(files: impl IntoIterator<Item = PathBuf>) {
+    for file in files {
+        if let Err(e) = fs::remove_file(&file) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove spare file {}: {e}", file.display());
+            }
+        }
+    }
 }
 
 impl Spares {
@@ -334,9 +354,13 @@ impl Spares {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Bytes of budget not taken by files ready now.
+    /// Bytes of budget not taken by files ready now (none once closed).
     pub fn room(&self) -> u64 {
-        self.budget.saturating_sub(self.lock().bytes)
+        let ready = self.lock();
+        if ready.closed {
+            return 0;
+        }
+        self.budget.saturating_sub(ready.bytes)
     }
 
     /// Files ready for reuse now.
@@ -350,27 +374,86 @@ impl Spares {
     }
 
     /// Adds files whose retirement is durable, each with its length; those beyond the
-    /// budget are removed.
+    /// budget (all of them once closed) are removed.
     pub fn give(&self, files: Vec<(PathBuf, u64)>) {
-        let mut ready = self.lock();
-        for (file, len) in files {
-            let charge = spare_charge(len);
-            if ready.bytes + charge <= self.budget {
-                ready.bytes += charge;
-                ready.files.push((file, charge));
-            } else if let Err(e) = fs::remove_file(&file) {
-                log::warn!("cannot remove spare file {}: {e}", file.display());
+        let mut extra = Vec::new();
+        {
+            let mut ready = self.lock();
+            for (file, len) in files {
+                let charge = spare_charge(len);
+                if !ready.closed && ready.bytes + charge <= self.budget {
+                    ready.bytes += charge;
+                    ready.files.push((file, charge));
+                } else {
+                    extra.push(file);
+                }
             }
         }
+        // Unlinked outside the lock: the writer must not wait behind a discard.
+        remove_spares(extra);
     }
 
-    /// A file to write over, the most recently retired first (its blocks are likeliest still
-    /// cached).
-    fn take(&self) -> Option<PathBuf> {
+    /// Gives up every spare for the rest of the run (after a directory sync failed, when a
+    /// retirement can no longer be known to be durable): those ready are removed, later
+    /// ones are unlinked as they come.
+    pub fn close(&self) {
+        let files: Vec<PathBuf> = {
+            let mut ready = self.lock();
+            ready.closed = true;
+            ready.bytes = 0;
+            ready.files.drain(..).map(|(file, _)| file).collect()
+        };
+        remove_spares(files);
+    }
+
+    /// A file to write over and its charge, the most recently retired first (its blocks are
+    /// likeliest still cached).
+    fn take(&self) -> Option<(PathBuf, u64)> {
         let mut ready = self.lock();
         let (file, charge) = ready.files.pop()?;
         ready.bytes -= charge;
-        Some(file)
+        Some((file, charge))
+    }
+
+    /// Returns a file [`Spares::take`] gave out, unused.
+    fn put_back(&self, file: PathBuf, charge: u64) {
+        let mut ready = self.lock();
+        if ready.closed {
+            drop(ready);
+            remove_spares([file]);
+        } else {
+            ready.bytes += charge;
+            ready.files.push((file, charge));
+        }
+    }
+}
+
+/// The right to keep spare files in a spool, held by one daemon at a time
+/// ([`Spool::keep_spares`]): an exclusive lock on `spares.lock`, and a descriptor of
+/// `queue/` kept open for the directory fsyncs that make retirements durable, so that a
+/// write error on the directory is reported to it whoever else synced the directory first.
+#[derive(Debug)]
+pub struct SpareKeeper {
+    dir: File,
+    root: PathBuf,
+    adopted: usize,
+    _lock: Flock<File>,
+}
+
+impl SpareKeeper {
+    /// fsyncs `queue/` through the descriptor held since the start.
+    pub fn sync_queue_dir(&self) -> io::Result<()> {
+        self.dir.sync_all()
+    }
+
+    /// The spool this keeper is for.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How many spare files a previous run left that were taken up.
+    pub fn adopted(&self) -> usize {
+        self.adopted
     }
 }
 
@@ -449,8 +532,8 @@ impl SpoolWriter {
     /// A commit after this does not sync again, unless something was written in between.
     pub fn sync_data(&mut self) -> io::Result<()> {
         self.settle()?;
-        // fdatasync is enough: the file is new (or a spare rewritten in place), and its size
-        // is data for this purpose.
+        // fdatasync is enough: the file is new or a spare rewritten in place (its blocks were
+        // allocated before), and its size is data for this purpose.
         self.file
             .as_ref()
             .ok_or_else(closed)?
@@ -480,7 +563,7 @@ impl SpoolWriter {
         let buffered = self.file.take().ok_or_else(closed)?;
         let file = buffered.into_inner().map_err(|e| e.into_error())?;
         if !self.synced {
-            // fdatasync is enough: the file is new, and its size is data for this purpose.
+            // fdatasync is enough, as in `sync_data`.
             file.sync_data()?;
         }
         let mut preferred = self.preferred_id.take();
@@ -748,13 +831,23 @@ impl Spool {
     /// [`Spool::create`] over a spare file when `spares` has one ready, so that no inode or
     /// block is allocated; a new file otherwise.
     pub fn create_reusing(&self, envelope: &Envelope, spares: &Spares) -> io::Result<SpoolWriter> {
+        // First, so that a header that cannot be written costs no spare.
+        let header = encode_header(envelope)?;
         let dir = self.queue_dir();
-        while let Some(spare) = spares.take() {
-            if let Some(writer) = SpoolWriter::start_over(&dir, spare, envelope) {
-                return Ok(writer);
+        while let Some((spare, charge)) = spares.take() {
+            match SpoolWriter::start_over(&dir, &spare, &header) {
+                Ok(Some(writer)) => return Ok(writer),
+                // Not a spare any more: removed; try the next one.
+                Ok(None) => {}
+                Err(e) => {
+                    // Not the spare's fault (out of descriptors or memory, I/O): keep it, and
+                    // answer as a new file would have.
+                    spares.put_back(spare, charge);
+                    return Err(e);
+                }
             }
         }
-        self.create(envelope)
+        SpoolWriter::start_with(&dir, Area::Queue, header, None)
     }
 
     /// Starts a message in `maildrop/` (any local user, no privileges needed).
@@ -1123,18 +1216,28 @@ impl Spool {
         Ok(Some((spare, len)))
     }
 
-    /// Takes up the spare files a previous run left in `queue/` into `spares`, and returns how
-    /// many it took. Those beyond its budget, over [`SPARE_MAX_BYTES`] or not a plain file
-    /// with one link are removed (only the name: a link's target is untouched); a directory
-    /// under such a name is left alone.
-    pub fn adopt_spares(&self, spares: &Spares) -> io::Result<usize> {
-        let dir = self.queue_dir();
+    /// Takes the right to keep spare files in this spool, unless another process holds it
+    /// (`Ok(None)`: two daemons on one spool must never write over the same spare), and
+    /// takes up the spare files a previous run left in `queue/` into `spares`. Their renames
+    /// may not be durable yet (that run may have been killed before its directory fsync), so
+    /// `queue/` is fsync'd before any is handed out. Those beyond the budget, over
+    /// [`SPARE_MAX_BYTES`] or not a plain file with one link are removed (only the name: a
+    /// link's target is untouched); a directory under such a name is left alone.
+    pub fn keep_spares(&self, spares: &Spares) -> io::Result<Option<SpareKeeper>> {
+        let Some(lock) = self.lock_file(SPARES_LOCK, false)? else {
+            return Ok(None);
+        };
+        let queue = self.queue_dir();
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&queue)?;
         let mut found = Vec::new();
-        for name in read_names(&dir)? {
+        for name in read_names(&queue)? {
             if !name.as_bytes().starts_with(SPARE_PREFIX.as_bytes()) {
                 continue;
             }
-            let path = dir.join(&name);
+            let path = queue.join(&name);
             match fs::symlink_metadata(&path) {
                 Ok(meta)
                     if meta.file_type().is_file()
@@ -1152,9 +1255,17 @@ impl Spool {
                 Err(e) => return Err(e),
             }
         }
+        if !found.is_empty() {
+            dir.sync_all()?;
+        }
         let before = spares.len();
         spares.give(found);
-        Ok(spares.len() - before)
+        Ok(Some(SpareKeeper {
+            dir,
+            root: self.root.clone(),
+            adopted: spares.len() - before,
+            _lock: lock,
+        }))
     }
 
     /// fsyncs `queue/`, making earlier [`Spool::remove_unsynced`] calls durable.
@@ -1424,6 +1535,16 @@ impl SpoolWriter {
         envelope: &Envelope,
         preferred_id: Option<QueueId>,
     ) -> io::Result<SpoolWriter> {
+        SpoolWriter::start_with(dir, area, encode_header(envelope)?, preferred_id)
+    }
+
+    /// Starts a message with this header in a new temporary file.
+    fn start_with(
+        dir: &Path,
+        area: Area,
+        header: Vec<u8>,
+        preferred_id: Option<QueueId>,
+    ) -> io::Result<SpoolWriter> {
         let temp = dir.join(temp_name());
         let mode = match area {
             Area::Queue => 0o600,
@@ -1435,39 +1556,61 @@ impl SpoolWriter {
             .mode(mode)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&temp)?;
-        SpoolWriter::begin(file, dir, temp, area, envelope, preferred_id, 0)
+        SpoolWriter::begin(file, dir, temp, area, &header, preferred_id, 0)
     }
 
-    /// Starts a message in `queue/` over a spare file (see [`Spares`]). `None` when the spare
-    /// is not one any more (gone, or not a plain file of ours with one link): it is then
-    /// removed, and the caller creates a new file.
-    fn start_over(dir: &Path, spare: PathBuf, envelope: &Envelope) -> Option<SpoolWriter> {
+    /// Starts a message in `queue/` over a spare file (see [`Spares`]). `Ok(None)` when the
+    /// spare is not one any more (gone, replaced, not a plain file of ours with one link): it
+    /// is then removed. An error that is not the file's fault is returned, the spare left.
+    fn start_over(dir: &Path, spare: &Path, header: &[u8]) -> io::Result<Option<SpoolWriter>> {
+        let unusable = |why: &dyn std::fmt::Display| {
+            log::debug!("spare file {} not reused: {why}", spare.display());
+            let _ = fs::remove_file(spare);
+            Ok(None)
+        };
         if spare.parent() != Some(dir) {
-            // Retired from another spool: not ours to write in.
-            let _ = fs::remove_file(&spare);
-            return None;
+            return unusable(&"retired from another spool");
         }
         let opened = OpenOptions::new()
             .write(true)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).bits())
-            .open(&spare);
+            .open(spare);
         let file = match opened {
             Ok(file) => file,
             Err(e) => {
-                log::debug!("spare file {} not reused: {e}", spare.display());
-                let _ = fs::remove_file(&spare);
-                return None;
+                return match e.raw_os_error() {
+                    // Gone, a link, a FIFO or device, a directory, not ours.
+                    Some(
+                        nix::libc::ENOENT
+                        | nix::libc::ELOOP
+                        | nix::libc::ENXIO
+                        | nix::libc::EISDIR
+                        | nix::libc::EACCES
+                        | nix::libc::EPERM
+                        | nix::libc::ETXTBSY,
+                    ) => unusable(&e),
+                    _ => Err(e),
+                };
             }
         };
-        let meta = file.metadata().ok()?;
+        let meta = file.metadata()?;
         if !meta.file_type().is_file()
             || meta.nlink() != 1
             || meta.uid() != nix::unistd::geteuid().as_raw()
         {
-            let _ = fs::remove_file(&spare);
-            return None;
+            return unusable(&"not a plain file of ours with one link");
         }
-        SpoolWriter::begin(file, dir, spare, Area::Queue, envelope, None, meta.len()).ok()
+        let stale = meta.len();
+        SpoolWriter::begin(
+            file,
+            dir,
+            spare.to_path_buf(),
+            Area::Queue,
+            header,
+            None,
+            stale,
+        )
+        .map(Some)
     }
 
     /// Writes the header into `file` (at `temp` in `dir`); from here on, dropping the writer
@@ -1477,7 +1620,7 @@ impl SpoolWriter {
         dir: &Path,
         temp: PathBuf,
         area: Area,
-        envelope: &Envelope,
+        header: &[u8],
         preferred_id: Option<QueueId>,
         stale_len: u64,
     ) -> io::Result<SpoolWriter> {
@@ -1493,7 +1636,6 @@ impl SpoolWriter {
             header_len: 0,
             stale_len,
         };
-        let header = encode_header(envelope)?;
         if let Some(f) = writer.file.as_mut() {
             match area {
                 // The umask must not make it unreadable for the daemon.
@@ -1502,7 +1644,7 @@ impl SpoolWriter {
                     .set_permissions(fs::Permissions::from_mode(0o644))?,
                 Area::Queue => adopt(f.get_ref(), dir)?,
             }
-            f.write_all(&header)?;
+            f.write_all(header)?;
         }
         writer.header_len = header.len() as u64;
         Ok(writer)

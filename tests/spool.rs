@@ -1013,9 +1013,10 @@ fn only_small_files_within_the_budget_become_spares() {
     assert_eq!(names(&queue).len(), 2);
 }
 
-/// Spares stay when the pool goes (the daemon stops), and the next start takes them up;
-/// anything under a spare's name that is not a plain file of one link within the size limit
-/// is removed, a link's target untouched. `prepare` keeps spares, and no listing shows them.
+/// Spares stay when the pool goes (the daemon stops), and the next start takes them up, if
+/// no other process keeps them; anything under a spare's name that is not a plain file of
+/// one link within the size limit is removed, a link's target untouched. `prepare` keeps
+/// spares, and no listing shows them.
 #[test]
 fn spares_left_by_a_previous_run_are_taken_up_and_odd_ones_removed() {
     let dir = TestDir::new("spool-spare-adopt");
@@ -1047,13 +1048,22 @@ fn spares_left_by_a_previous_run_are_taken_up_and_odd_ones_removed() {
     assert!(spool.list().unwrap().is_empty());
 
     let spares = Spares::new(1 << 20);
-    assert_eq!(spool.adopt_spares(&spares).unwrap(), 1);
+    let keeper = spool
+        .keep_spares(&spares)
+        .unwrap()
+        .expect("nobody else keeps them");
+    assert_eq!(keeper.adopted(), 1);
     assert_eq!(spares.len(), 1);
     let left: Vec<String> = names(&queue);
     assert_eq!(left.len(), 2, "the spare and the directory: {left:?}");
     assert!(left.contains(&".spare.dir".to_owned()));
     assert_eq!(fs::read(&target).unwrap(), b"not ours");
     assert_eq!(fs::read(dir.join("other")).unwrap(), b"two links");
+    // Only one process at a time keeps a spool's spares: two daemons on one spool must
+    // never write over the same file.
+    let other = Spares::new(1 << 20);
+    assert!(spool.keep_spares(&other).unwrap().is_none());
+    assert!(other.is_empty());
 
     let mut w = spool.create_reusing(&env, &spares).unwrap();
     w.write_all(b"new\r\n").unwrap();
@@ -1088,4 +1098,44 @@ fn a_spare_that_changed_is_not_written_over() {
     assert_eq!(fs::read(&outside).unwrap(), b"keep me");
     assert!(!linked.exists() && fs::symlink_metadata(&linked).is_err());
     assert_eq!(names(&spool.root().join("queue")), vec![id.0]);
+}
+
+/// Once given up (a directory fsync failed), a pool hands nothing out and keeps nothing:
+/// spares ready are removed, later ones unlinked.
+#[test]
+fn a_closed_pool_keeps_nothing() {
+    let dir = TestDir::new("spool-spare-closed");
+    let spool = prepared(&dir);
+    let spares = Spares::new(1 << 20);
+    let env = envelope("a@example.org", &["root"]);
+    let a = queue_message(&spool, &env, b"a\r\n");
+    let (ready, _) = retire(&spool, &spares, &a);
+    spares.close();
+    assert!(!ready.exists());
+    assert_eq!((spares.len(), spares.room()), (0, 0));
+    let b = queue_message(&spool, &env, b"b\r\n");
+    let (late, len) = spool.retire_unsynced(&b, u64::MAX).unwrap().unwrap();
+    spares.give(vec![(late.clone(), len)]);
+    assert!(!late.exists());
+    let mut w = spool.create_reusing(&env, &spares).unwrap();
+    w.write_all(b"c\r\n").unwrap();
+    let id = w.commit().unwrap();
+    assert_eq!(names(&spool.root().join("queue")), vec![id.0]);
+}
+
+/// A message whose envelope cannot be written (a recipient longer than a header line may
+/// be) is refused before any spare is taken: the pool keeps them all.
+#[test]
+fn a_refused_envelope_costs_no_spare() {
+    let dir = TestDir::new("spool-spare-refused");
+    let spool = prepared(&dir);
+    let spares = Spares::new(1 << 20);
+    let env = envelope("a@example.org", &["root"]);
+    let a = queue_message(&spool, &env, b"a\r\n");
+    let (spare, _) = retire(&spool, &spares, &a);
+    let huge = "x".repeat(70_000) + "@example.org";
+    let bad = envelope("a@example.org", &[huge.as_str()]);
+    assert!(spool.create_reusing(&bad, &spares).is_err());
+    assert_eq!(spares.len(), 1);
+    assert!(spare.exists());
 }
