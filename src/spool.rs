@@ -1132,7 +1132,23 @@ impl Spool {
     fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();
         for id in self.ids()? {
-            match self.open_entry(&id) {
+            let opened = self.open_entry(&id);
+            // `mailq` lists without the runner lock: the message may have been delivered
+            // while it was read, and its file written over as a spare by the next message.
+            // A queue ID is never used twice, so if the name still exists now, what was read
+            // was this message's; if it is gone, the message was delivered (or failed), and
+            // is not listed.
+            let read = match &opened {
+                Ok(_) => true,
+                Err(e) => e.kind() == io::ErrorKind::InvalidData,
+            };
+            if read {
+                match fs::symlink_metadata(self.message_path(&id)?) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    _ => {}
+                }
+            }
+            match opened {
                 Ok((entry, _)) => scan.entries.push(entry),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
