@@ -683,6 +683,59 @@ fn delivered_files_are_written_over_by_new_messages_even_after_a_restart() {
     }
 }
 
+/// Two daemons on one spool: only the first keeps spare files (it holds `spares.lock`). The
+/// second says so, never takes up the first one's spares, and its mail still goes out.
+#[test]
+fn a_second_daemon_on_the_same_spool_keeps_no_spares() {
+    let (bridge, d) = setup("spares-two", "");
+    let mut c = d.greeted();
+    queued(&c.message(simple("first daemon", "x")));
+    c.expect("QUIT", 221);
+    bridge.wait_for(1, SOON);
+    assert!(
+        common::wait_until(SOON, || d.spare_files().len() == 1),
+        "{:?}",
+        d.queue_entries()
+    );
+    let spare = d
+        .dir()
+        .join("spool")
+        .join("queue")
+        .join(&d.spare_files()[0]);
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&spare).unwrap().ino()
+    };
+
+    // The same configuration, spool included, on another port.
+    let dir2 = TestDir::new("spares-two-b");
+    let port2 = common::free_port();
+    let text = std::fs::read_to_string(&d.config).unwrap().replace(
+        &format!("127.0.0.1:{}", d.port),
+        &format!("127.0.0.1:{port2}"),
+    );
+    let config2 = dir2.join("smtp_bridge.conf");
+    std::fs::write(&config2, text).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config2, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let d2 = Daemon::start(&config2, port2);
+    d2.wait_log("another process keeps the spare files", SOON);
+    let mut c = Client::greeted(d2.addr());
+    for i in 0..3 {
+        queued(&c.message(simple(&format!("second daemon {i}"), "x")));
+    }
+    c.expect("QUIT", 221);
+    bridge.wait_for(4, SOON);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&spare).map(|m| m.ino()).ok(),
+        Some(inode),
+        "the first daemon's spare was written over by the second"
+    );
+}
+
 // ---- limits and access ----------------------------------------------------------------
 
 #[test]
