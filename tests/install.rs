@@ -568,8 +568,18 @@ fn daemon_serves_a_socket_passed_the_systemd_way_without_being_root() {
         }
     }
     let mut stderr = child.stderr.take().unwrap();
-    let guard = Kill(child);
+    let mut guard = Kill(child);
 
+    // The socket listens from the start; a refused connection means the daemon died with it.
+    // Say how, with what it printed, rather than only that the connection was refused.
+    if let Err(e) = TcpStream::connect(("127.0.0.1", port)) {
+        let exited = guard.0.try_wait().ok().flatten();
+        let _ = guard.0.kill();
+        let _ = guard.0.wait();
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        panic!("cannot connect to the daemon ({e}); it exited with {exited:?}:\n{log}");
+    }
     let done = smtp_send(port, "socket activation");
     assert!(done.starts_with("250"), "DATA answered {done:?}");
     let got = bridge.wait_for(1, Duration::from_secs(30));
