@@ -1122,12 +1122,6 @@ impl Spool {
         Ok(ids)
     }
 
-    /// One message's entry (envelope, size, retry state) without its content. An
-    /// `InvalidData` error means its header is damaged.
-    pub fn entry(&self, id: &QueueId) -> io::Result<QueueEntry> {
-        self.open_entry(id).map(|(entry, _)| entry)
-    }
-
     /// Reads every message header in `queue/`, oldest first, separating the unreadable ones.
     fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();

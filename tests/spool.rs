@@ -888,6 +888,18 @@ fn maildrop_keeps_the_full_name() {
 
 // ---- spare files -----------------------------------------------------------------------
 
+/// A prepared spool, an empty pool of spares (1 MiB) and an envelope, for the spare tests.
+fn spare_setup(label: &str) -> (TestDir, Spool, Spares, Envelope) {
+    let dir = TestDir::new(label);
+    let spool = prepared(&dir);
+    (
+        dir,
+        spool,
+        Spares::new(1 << 20),
+        envelope("a@example.org", &["root"]),
+    )
+}
+
 /// Retires a queued message as a spare, makes that durable and hands it to `spares`; returns
 /// the spare's path and inode.
 fn retire(spool: &Spool, spares: &Spares, id: &QueueId) -> (PathBuf, u64) {
@@ -912,10 +924,7 @@ fn file_of(spool: &Spool, id: &QueueId) -> Vec<u8> {
 /// inode, and exactly the new message, the longer old content cut off.
 #[test]
 fn a_spare_is_written_over_by_the_next_message_and_cut_to_its_length() {
-    let dir = TestDir::new("spool-spare");
-    let spool = prepared(&dir);
-    let spares = Spares::new(1 << 20);
-    let env = envelope("a@example.org", &["root"]);
+    let (_dir, spool, spares, env) = spare_setup("spool-spare");
     let fs_sync = spool.fs_sync().unwrap();
     for way in ["sync_data", "commit", "syncfs"] {
         let old = queue_message(&spool, &env, &[b'L'; 20_000]);
@@ -966,10 +975,7 @@ fn a_spare_is_written_over_by_the_next_message_and_cut_to_its_length() {
 /// write) leaves nothing behind, like one written in a new file.
 #[test]
 fn an_abandoned_message_over_a_spare_leaves_nothing() {
-    let dir = TestDir::new("spool-spare-abort");
-    let spool = prepared(&dir);
-    let spares = Spares::new(1 << 20);
-    let env = envelope("a@example.org", &["root"]);
+    let (_dir, spool, spares, env) = spare_setup("spool-spare-abort");
     let old = queue_message(&spool, &env, b"old message\r\n");
     let (spare, _) = retire(&spool, &spares, &old);
     let mut w = spool.create_reusing(&env, &spares).unwrap();
@@ -1076,10 +1082,7 @@ fn spares_left_by_a_previous_run_are_taken_up_and_odd_ones_removed() {
 /// over: the message goes to a new file.
 #[test]
 fn a_spare_that_changed_is_not_written_over() {
-    let dir = TestDir::new("spool-spare-gone");
-    let spool = prepared(&dir);
-    let spares = Spares::new(1 << 20);
-    let env = envelope("a@example.org", &["root"]);
+    let (dir, spool, spares, env) = spare_setup("spool-spare-gone");
     let a = queue_message(&spool, &env, b"a\r\n");
     let b = queue_message(&spool, &env, b"b\r\n");
     let (gone, _) = retire(&spool, &spares, &a);
@@ -1104,10 +1107,7 @@ fn a_spare_that_changed_is_not_written_over() {
 /// spares ready are removed, later ones unlinked.
 #[test]
 fn a_closed_pool_keeps_nothing() {
-    let dir = TestDir::new("spool-spare-closed");
-    let spool = prepared(&dir);
-    let spares = Spares::new(1 << 20);
-    let env = envelope("a@example.org", &["root"]);
+    let (_dir, spool, spares, env) = spare_setup("spool-spare-closed");
     let a = queue_message(&spool, &env, b"a\r\n");
     let (ready, _) = retire(&spool, &spares, &a);
     spares.close();
@@ -1127,10 +1127,7 @@ fn a_closed_pool_keeps_nothing() {
 /// be) is refused before any spare is taken: the pool keeps them all.
 #[test]
 fn a_refused_envelope_costs_no_spare() {
-    let dir = TestDir::new("spool-spare-refused");
-    let spool = prepared(&dir);
-    let spares = Spares::new(1 << 20);
-    let env = envelope("a@example.org", &["root"]);
+    let (dir, spool, spares, env) = spare_setup("spool-spare-refused");
     let a = queue_message(&spool, &env, b"a\r\n");
     let (spare, _) = retire(&spool, &spares, &a);
     let huge = "x".repeat(70_000) + "@example.org";
