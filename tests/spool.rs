@@ -1127,7 +1127,7 @@ fn a_closed_pool_keeps_nothing() {
 /// be) is refused before any spare is taken: the pool keeps them all.
 #[test]
 fn a_refused_envelope_costs_no_spare() {
-    let (dir, spool, spares, env) = spare_setup("spool-spare-refused");
+    let (_dir, spool, spares, env) = spare_setup("spool-spare-refused");
     let a = queue_message(&spool, &env, b"a\r\n");
     let (spare, _) = retire(&spool, &spares, &a);
     let huge = "x".repeat(70_000) + "@example.org";
