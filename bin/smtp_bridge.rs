@@ -121,7 +121,7 @@ fn ignore_sighup_until_the_loop_handles_it() {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let code = match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             log::error!("fatal: {failure}");
@@ -130,7 +130,10 @@ fn main() -> ExitCode {
             }
             ExitCode::from(failure.exit_code())
         }
-    }
+    };
+    // The last lines may still wait for the writer thread.
+    logging::flush();
+    code
 }
 
 fn run() -> Result<(), Failure> {
@@ -154,6 +157,7 @@ fn run() -> Result<(), Failure> {
     let target = resolve_target(&config)?;
     prepare_spool(&config, target.as_ref())?;
     drop_privileges(target.as_ref())?;
+    start_log_writer();
     let delivery = start_delivery(&config)?;
     let reload = {
         let path = args.config.clone();
@@ -283,7 +287,15 @@ fn drop_privileges(target: Option<&Target>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Step 6: the background delivery thread.
+/// Step 6: from here on, log lines leave in batches from a writer thread, so that no thread
+/// that logs (the event loop among them) pays for syslog.
+fn start_log_writer() {
+    if let Err(e) = logging::start_writer() {
+        log::warn!("cannot start the log writer thread: {e}; lines are sent as they come");
+    }
+}
+
+/// Step 7: the background delivery thread.
 fn start_delivery(config: &Config) -> Result<DeliveryThread, Failure> {
     DeliveryThread::spawn(config.clone()).map_err(Failure::Delivery)
 }

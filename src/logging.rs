@@ -12,14 +12,24 @@
 //! that is a pipe, as Postfix's own `sendmail` keeps them: programs that call `sendmail`
 //! (PHP, git send-email) show or log whatever it prints, and must not see chatter from us.
 //!
+//! The daemon hands its lines to a writer thread ([`start_writer`]): the thread that logs
+//! (the event loop among them) only appends the line to a bounded queue, and the writer sends
+//! what gathered every [`BATCH_WINDOW`] (warnings and errors at once), in order. A datagram to
+//! a sleeping syslog daemon costs the sender the wake-up of another process, which on a busy
+//! box cost more than the rest of a line; in batches, only the first line of each pays it.
+//! The writer may wait for a busy syslog (up to [`SEND_TIMEOUT`] per batch), so a burst is
+//! not lost to the socket's short queue; lines that still cannot be kept (the queue is full,
+//! syslog stays busy) are counted and reported in a warning once syslog takes lines again.
+//! The `sendmail` shim sends each line itself, as it is logged.
+//!
 //! Warnings and errors get Postfix's `warning: ` and `error: ` prefixes. Carriage returns,
 //! line feeds and other control characters in a message are escaped (`\n`, `\x1b`), so a
 //! header value from a client can neither split a log line nor forge one.
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::LogLevel;
@@ -30,6 +40,16 @@ pub const MAX_LINE: usize = 4000;
 
 /// How often a lost syslog connection is tried again; lines in between go to stderr.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the writer thread lets info and debug lines gather before it sends them.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// How long the writer thread waits for a busy syslog in one batch before it gives up on the
+/// rest of that batch (each line then counts as lost, or goes to stderr by the usual rules).
+pub const SEND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The most bytes of lines waiting for the writer thread; lines beyond are counted as lost.
+const MAX_WAITING_BYTES: usize = 1 << 20;
 
 /// What goes to stderr besides syslog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +82,11 @@ pub fn init_with(ident: &str, level: LogLevel, stderr: Stderr) {
     let mut created = false;
     let logger = LOGGER.get_or_init(|| {
         created = true;
-        MailLog {
-            level: AtomicU8::new(encode(level)),
+        MailLog::new(
+            level,
             stderr,
-            stderr_is_terminal: io::stderr().is_terminal(),
-            syslog: Mutex::new(SyslogSink::new(ident, None, RECONNECT_INTERVAL)),
-        }
+            SyslogSink::new(ident, None, RECONNECT_INTERVAL),
+        )
     });
     if created {
         // Fails only when another logger was installed first (a test harness, say); then
@@ -75,6 +94,22 @@ pub fn init_with(ident: &str, level: LogLevel, stderr: Stderr) {
         let _ = log::set_logger(logger);
     }
     set_level(level);
+}
+
+/// From now on, lines are sent by a writer thread (`log`) in batches (see the module
+/// documentation). For the daemon, once it runs as its own user; the lines logged so far were
+/// sent as they came. Call [`flush`] before the process exits. Does nothing without an
+/// installed logger or when the writer runs already.
+pub fn start_writer() -> io::Result<()> {
+    match LOGGER.get() {
+        Some(logger) => logger.start_writer(),
+        None => Ok(()),
+    }
+}
+
+/// Sends every line still waiting for the writer thread, now, from the calling thread.
+pub fn flush() {
+    log::logger().flush();
 }
 
 /// Changes the level of the installed logger (SIGHUP reload).
@@ -111,7 +146,31 @@ struct MailLog {
     level: AtomicU8,
     stderr: Stderr,
     stderr_is_terminal: bool,
+    /// Taken before `waiting` by whoever sends, so lines leave in the order they came.
     syslog: Mutex<SyslogSink>,
+    /// Lines for the writer thread, once it runs.
+    waiting: Mutex<Waiting>,
+    /// Wakes the writer: the first line of a batch, or a warning that must not wait.
+    ready: Condvar,
+    /// Whether lines go through the writer thread.
+    deferred: AtomicBool,
+}
+
+/// What waits for the writer thread.
+#[derive(Debug, Default)]
+struct Waiting {
+    lines: Vec<(log::Level, String)>,
+    bytes: usize,
+    /// A warning or an error waits: send without waiting out the window.
+    urgent: bool,
+    /// Lines refused because the queue was full, since the writer last took it.
+    overflowed: u64,
+}
+
+/// Locks, even a mutex a panicking thread left poisoned: neither the sink nor the queue holds
+/// an invariant a half-finished operation could break.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a record from `target` is one of ours. Libraries we use (ureq, rustls, mio) log
@@ -120,6 +179,161 @@ struct MailLog {
 fn is_ours(target: &str) -> bool {
     let root = target.split("::").next().unwrap_or(target);
     matches!(root, "smtp_bridge" | "sendmail")
+}
+
+impl MailLog {
+    fn new(level: LogLevel, stderr: Stderr, syslog: SyslogSink) -> MailLog {
+        MailLog {
+            level: AtomicU8::new(encode(level)),
+            stderr,
+            stderr_is_terminal: io::stderr().is_terminal(),
+            syslog: Mutex::new(syslog),
+            waiting: Mutex::new(Waiting::default()),
+            ready: Condvar::new(),
+            deferred: AtomicBool::new(false),
+        }
+    }
+
+    /// One rendered line: to the writer's queue, or sent now.
+    fn write(&self, level: log::Level, line: String) {
+        if !self.deferred.load(Ordering::Acquire) {
+            let mut sink = lock(&self.syslog);
+            self.send_line(&mut sink, level, &line, false);
+            return;
+        }
+        let mut waiting = lock(&self.waiting);
+        if waiting.bytes + line.len() > MAX_WAITING_BYTES {
+            waiting.overflowed += 1;
+            return;
+        }
+        let first = waiting.lines.is_empty();
+        let urgent = level <= log::Level::Warn;
+        waiting.bytes += line.len();
+        waiting.lines.push((level, line));
+        if first || (urgent && !waiting.urgent) {
+            waiting.urgent |= urgent;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Sends one line to syslog (unless `skip_syslog`) and to stderr by the rules. Returns
+    /// whether syslog was busy.
+    fn emit(
+        &self,
+        sink: &mut SyslogSink,
+        level: log::Level,
+        line: &str,
+        skip_syslog: bool,
+    ) -> bool {
+        let sent = if skip_syslog {
+            Sent::Busy
+        } else {
+            sink.send(level, line)
+        };
+        let to_stderr = wants_stderr(
+            self.stderr,
+            sent == Sent::Yes,
+            level,
+            self.stderr_is_terminal,
+        );
+        if to_stderr {
+            sink.write_stderr(line);
+        } else if sent == Sent::Busy {
+            sink.lost += 1;
+        }
+        sent == Sent::Busy
+    }
+
+    /// Sends everything waiting, in order, from the calling thread. After syslog has been
+    /// busy for [`SEND_TIMEOUT`], the rest of the batch does not wait for it again.
+    fn drain(&self) {
+        let mut sink = lock(&self.syslog);
+        let (lines, overflowed) = {
+            let mut waiting = lock(&self.waiting);
+            waiting.bytes = 0;
+            waiting.urgent = false;
+            (
+                std::mem::take(&mut waiting.lines),
+                std::mem::take(&mut waiting.overflowed),
+            )
+        };
+        sink.lost += overflowed;
+        let mut busy = false;
+        for (level, line) in lines {
+            busy = self.send_line(&mut sink, level, &line, busy);
+        }
+    }
+
+    /// [`MailLog::emit`], after a warning saying how many lines were lost before, if any were
+    /// and syslog takes lines again. Returns whether syslog was busy.
+    fn send_line(
+        &self,
+        sink: &mut SyslogSink,
+        level: log::Level,
+        line: &str,
+        skip_syslog: bool,
+    ) -> bool {
+        if sink.lost > 0 && !skip_syslog {
+            let report = render(
+                log::Level::Warn,
+                &format!(
+                    "{} log lines lost: syslog did not take them in time, or more than {} KiB waited to be sent",
+                    sink.lost,
+                    MAX_WAITING_BYTES >> 10
+                ),
+            );
+            let lost = std::mem::take(&mut sink.lost);
+            if self.emit(sink, log::Level::Warn, &report, false) {
+                // Still busy. A report that went nowhere (not even to stderr) is not one: the
+                // count waits for the next chance, without the report itself.
+                if sink.lost > 0 {
+                    sink.lost = lost;
+                }
+                return self.emit(sink, level, line, true);
+            }
+        }
+        self.emit(sink, level, line, skip_syslog)
+    }
+
+    /// The writer thread's loop: waits for a first line, lets more gather for
+    /// [`BATCH_WINDOW`] unless one is urgent, sends them all.
+    fn write_batches(&self) {
+        loop {
+            {
+                let mut waiting = lock(&self.waiting);
+                while waiting.lines.is_empty() {
+                    waiting = self.ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
+                }
+                let deadline = Instant::now() + BATCH_WINDOW;
+                while !waiting.urgent {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    waiting = self
+                        .ready
+                        .wait_timeout(waiting, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+            self.drain();
+        }
+    }
+
+    fn start_writer(&'static self) -> io::Result<()> {
+        let mut sink = lock(&self.syslog);
+        if self.deferred.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        std::thread::Builder::new()
+            .name("log".into())
+            .spawn(move || self.write_batches())?;
+        // The writer is not the thread that logged: it may wait for a busy syslog.
+        sink.set_send_timeout(Some(SEND_TIMEOUT));
+        self.deferred.store(true, Ordering::Release);
+        Ok(())
+    }
 }
 
 impl log::Log for MailLog {
@@ -133,18 +347,16 @@ impl log::Log for MailLog {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = render(record.level(), &record.args().to_string());
-        // A thread that panicked while holding the lock left the sink usable: it holds no
-        // invariant a half-finished send could break.
-        let mut sink = self.syslog.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = sink.send(record.level(), &line);
-        let to_stderr = wants_stderr(self.stderr, sent, record.level(), self.stderr_is_terminal);
-        if to_stderr {
-            sink.write_stderr(&line);
-        }
+        self.write(
+            record.level(),
+            render(record.level(), &record.args().to_string()),
+        );
     }
 
     fn flush(&self) {
+        if self.deferred.load(Ordering::Acquire) {
+            self.drain();
+        }
         let _ = io::stderr().flush();
     }
 }
@@ -210,6 +422,17 @@ fn sanitize(message: &str, max: usize) -> String {
 
 type SyslogConn = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
+/// What became of a line sent to syslog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// syslog has it.
+    Yes,
+    /// syslog is there but did not take it in time (its queue is full).
+    Busy,
+    /// There is no syslog to take it (none listening, or it went away).
+    No,
+}
+
 /// The connection to the local syslog daemon, made again when it is lost.
 struct SyslogSink {
     ident: String,
@@ -219,6 +442,12 @@ struct SyslogSink {
     /// When the last connection attempt failed, to space out the next ones.
     failed_at: Option<Instant>,
     retry_after: Duration,
+    /// How long a send may wait for a busy syslog: `None` never waits (a thread that logs
+    /// for itself, the event loop among them, must not stall).
+    send_timeout: Option<Duration>,
+    /// Lines lost since the last report: syslog was busy and they did not go to stderr, or
+    /// the writer's queue was full.
+    lost: u64,
 }
 
 impl SyslogSink {
@@ -229,6 +458,8 @@ impl SyslogSink {
             conn: None,
             failed_at: None,
             retry_after,
+            send_timeout: None,
+            lost: 0,
         };
         // Connect now: the daemon opens syslog before it drops root and maybe chroots.
         sink.connect();
@@ -248,7 +479,7 @@ impl SyslogSink {
         };
         match result {
             Ok(conn) => {
-                make_non_blocking(&conn.backend);
+                set_timeout(&conn.backend, self.send_timeout);
                 self.conn = Some(conn);
                 self.failed_at = None;
                 true
@@ -261,24 +492,38 @@ impl SyslogSink {
         }
     }
 
-    /// Sends one line. Returns false when it did not reach syslog (the caller then writes it
-    /// to stderr, so it is not lost).
-    fn send(&mut self, level: log::Level, line: &str) -> bool {
+    fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
+        if let Some(conn) = &self.conn {
+            set_timeout(&conn.backend, timeout);
+        }
+    }
+
+    /// Sends one line. Anything but [`Sent::Yes`] leaves the line to the caller (for stderr,
+    /// so it is not lost where stderr is wanted).
+    fn send(&mut self, level: log::Level, line: &str) -> Sent {
         if self.conn.is_none() {
             let wait_over = self
                 .failed_at
                 .is_none_or(|t| t.elapsed() >= self.retry_after);
             if !wait_over || !self.connect() {
-                return false;
+                return Sent::No;
             }
         }
         match self.send_once(level, line) {
-            Ok(()) => true,
+            Ok(()) => Sent::Yes,
             // syslog is busy: this line goes to stderr, the connection stays.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if is_busy(&e) => Sent::Busy,
             // syslog restarted (ECONNREFUSED on the old socket) or went away: connect again
             // at once, and fall back to stderr if that does not work.
-            Err(_) => self.connect() && self.send_once(level, line).is_ok(),
+            Err(_) => match self.connect() {
+                true => match self.send_once(level, line) {
+                    Ok(()) => Sent::Yes,
+                    Err(e) if is_busy(&e) => Sent::Busy,
+                    Err(_) => Sent::No,
+                },
+                false => Sent::No,
+            },
         }
     }
 
@@ -308,17 +553,29 @@ impl SyslogSink {
     }
 }
 
-/// A wedged syslog daemon must not stall the event loop: datagram sends fail with
-/// `WouldBlock` instead of waiting, stream writes give up after a moment.
-fn make_non_blocking(backend: &syslog::LoggerBackend) {
+/// Whether a send failed only because syslog did not take the line in time (a non-blocking
+/// send to a full queue, or the timeout of a waiting one).
+fn is_busy(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A wedged syslog daemon must not stall whoever logs: without a timeout, datagram sends fail
+/// with `WouldBlock` instead of waiting; with one, they wait that long at most. Stream writes
+/// (a rare `/dev/log`) cannot be made non-blocking behind the crate's buffer: they give up
+/// after the timeout, or after a moment.
+fn set_timeout(backend: &syslog::LoggerBackend, timeout: Option<Duration>) {
     match backend {
         syslog::LoggerBackend::Unix(sock) => {
-            let _ = sock.set_nonblocking(true);
+            let _ = sock.set_nonblocking(timeout.is_none());
+            let _ = sock.set_write_timeout(timeout);
         }
         syslog::LoggerBackend::UnixStream(writer) => {
             let _ = writer
                 .get_ref()
-                .set_write_timeout(Some(Duration::from_millis(200)));
+                .set_write_timeout(Some(timeout.unwrap_or(Duration::from_millis(200))));
         }
         _ => {}
     }
@@ -443,7 +700,7 @@ mod tests {
         ];
         for (level, priority) in table {
             let line = render(level, "Q1: status=sent\r\nforged: line");
-            assert!(sink.send(level, &line));
+            assert_eq!(sink.send(level, &line), Sent::Yes);
             let got = recv(&server);
             assert!(got.starts_with(priority), "{level}: {got:?}");
             assert!(
@@ -466,16 +723,24 @@ mod tests {
         let dir = temp_dir("restart");
         let (path, server) = fake_syslog(&dir);
         let mut sink = SyslogSink::new("t", Some(path.clone()), Duration::ZERO);
-        assert!(sink.send(log::Level::Info, "one"));
+        assert_eq!(sink.send(log::Level::Info, "one"), Sent::Yes);
         assert!(recv(&server).ends_with("one"));
 
         drop(server);
         std::fs::remove_file(&path).unwrap();
-        assert!(!sink.send(log::Level::Info, "two"), "no syslog: fall back");
-        assert!(!sink.send(log::Level::Info, "three"), "still none");
+        assert_eq!(
+            sink.send(log::Level::Info, "two"),
+            Sent::No,
+            "no syslog: fall back"
+        );
+        assert_eq!(sink.send(log::Level::Info, "three"), Sent::No, "still none");
 
         let (_, server) = fake_syslog(&dir);
-        assert!(sink.send(log::Level::Info, "four"), "reconnected");
+        assert_eq!(
+            sink.send(log::Level::Info, "four"),
+            Sent::Yes,
+            "reconnected"
+        );
         assert!(recv(&server).ends_with("four"));
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -484,7 +749,7 @@ mod tests {
     fn no_syslog_at_all() {
         let dir = temp_dir("none");
         let mut sink = SyslogSink::new("t", Some(dir.join("absent")), Duration::ZERO);
-        assert!(!sink.send(log::Level::Error, "nowhere"));
+        assert_eq!(sink.send(log::Level::Error, "nowhere"), Sent::No);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -499,12 +764,163 @@ mod tests {
         let mut refused = 0;
         // The queue of an unread datagram socket holds a few hundred kilobytes at most.
         for _ in 0..10_000 {
-            if !sink.send(log::Level::Info, &line) {
-                refused += 1;
-                break;
+            match sink.send(log::Level::Info, &line) {
+                Sent::Yes => {}
+                other => {
+                    assert_eq!(other, Sent::Busy);
+                    refused += 1;
+                    break;
+                }
             }
         }
         assert_eq!(refused, 1, "sends never failed: they would have blocked");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A logger of our own on a fake syslog (the global one belongs to the process), lines
+    /// going through the writer's queue; the writer thread itself only with `thread`.
+    fn deferred_logger(path: PathBuf, thread: bool) -> &'static MailLog {
+        let sink = SyslogSink::new("t", Some(path), Duration::ZERO);
+        let logger: &'static MailLog =
+            Box::leak(Box::new(MailLog::new(LogLevel::Debug, Stderr::Never, sink)));
+        if thread {
+            logger.start_writer().unwrap();
+        } else {
+            lock(&logger.syslog).set_send_timeout(Some(SEND_TIMEOUT));
+            logger.deferred.store(true, Ordering::Release);
+        }
+        logger
+    }
+
+    /// Reads the fake syslog until a line ends with `last`; returns every line's message.
+    fn collect_until(sock: &FakeSyslog, last: &str) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let line = recv(sock);
+            let message = line.split_once("]: ").map(|(_, m)| m.to_owned()).unwrap();
+            let done = message.ends_with(last);
+            got.push(message);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// Through the writer thread, lines arrive all and in order, warnings among them.
+    #[test]
+    fn writer_keeps_every_line_in_order() {
+        let dir = temp_dir("writer-order");
+        let (path, server) = fake_syslog(&dir);
+        let logger = deferred_logger(path, true);
+        let mut want = Vec::new();
+        for i in 0..300 {
+            let level = if i % 50 == 7 {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            };
+            let line = render(level, &format!("Q{i}: status=sent"));
+            logger.write(level, line.clone());
+            want.push(line);
+        }
+        // More than the socket's queue holds: the writer waited for the reader.
+        let got = collect_until(&server, "Q299: status=sent");
+        assert_eq!(got, want);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// flush() sends what waits at once, from the caller, without the batch window.
+    #[test]
+    fn flush_sends_what_waits() {
+        let dir = temp_dir("writer-flush");
+        let (path, server) = fake_syslog(&dir);
+        let logger = deferred_logger(path, false);
+        logger.write(log::Level::Info, "Q1: one".into());
+        logger.write(log::Level::Info, "Q2: two".into());
+        server.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        assert!(
+            server.recv(&mut buf).is_err(),
+            "nothing sent before the flush"
+        );
+        log::Log::flush(logger);
+        server.set_nonblocking(false).unwrap();
+        assert_eq!(collect_until(&server, "Q2: two"), ["Q1: one", "Q2: two"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Lines beyond the queue's bound are not kept, but counted, and the count is the first
+    /// thing syslog hears afterwards.
+    #[test]
+    fn a_full_queue_loses_lines_and_says_how_many() {
+        let dir = temp_dir("writer-full");
+        let (path, server) = fake_syslog(&dir);
+        let logger = deferred_logger(path, false);
+        let line = "x".repeat(1000);
+        let total = 2 * MAX_WAITING_BYTES / line.len();
+        for _ in 0..total {
+            logger.write(log::Level::Info, line.clone());
+        }
+        let kept = lock(&logger.waiting).lines.len();
+        assert_eq!(kept, MAX_WAITING_BYTES / line.len());
+        let reader = std::thread::spawn(move || collect_until(&server, "last"));
+        logger.drain();
+        logger.write(log::Level::Info, "last".into());
+        logger.drain();
+        let got = reader.join().unwrap();
+        assert_eq!(
+            got[0],
+            format!(
+                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
+                total - kept
+            )
+        );
+        assert_eq!(got.len(), 1 + kept + 1);
+        assert!(got[1..=kept].iter().all(|l| *l == line));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A syslog that stops reading costs the writer one timeout per batch, not one per line;
+    /// what it did not take is counted and reported once it reads again.
+    #[test]
+    fn a_wedged_syslog_costs_one_timeout_per_batch() {
+        let dir = temp_dir("writer-wedged");
+        let (path, server) = fake_syslog(&dir);
+        let logger = deferred_logger(path, false);
+        let lines = 100;
+        for i in 0..lines {
+            logger.write(log::Level::Info, format!("Q{i}: {}", "y".repeat(2000)));
+        }
+        let started = Instant::now();
+        logger.drain();
+        // One wait per line would be 100 × 250 ms.
+        assert!(
+            started.elapsed() < SEND_TIMEOUT * 20,
+            "{:?}",
+            started.elapsed()
+        );
+        let mut taken = 0;
+        server.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 65536];
+        while server.recv(&mut buf).is_ok() {
+            taken += 1;
+        }
+        assert!(
+            taken < lines,
+            "the fake syslog took every line: nothing was wedged"
+        );
+        server.set_nonblocking(false).unwrap();
+        logger.write(log::Level::Info, "after".into());
+        logger.drain();
+        let got = collect_until(&server, "after");
+        assert_eq!(
+            got[0],
+            format!(
+                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
+                lines - taken
+            )
+        );
+        assert_eq!(got.len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -86,14 +86,14 @@ fn lettre_message_is_queued_and_delivered() {
     let got = bridge.wait_for(1, SOON);
     assert_contains(&got[0].reply, &["disk almost full", "sda1 is at 97%"]);
     assert!(bridge.rejections().is_empty(), "{:?}", bridge.rejections());
-    let log = d.log_text();
-    assert_contains(
-        &log,
+    let log = d.wait_log_all(
         &[
             "connect from 127.0.0.1",
             "from=<monitor@example.org>",
             "nrcpt=1",
+            "status=sent",
         ],
+        SOON,
     );
     assert!(!log.contains("sda1 is at 97%"), "a body was logged:\n{log}");
 }
@@ -533,7 +533,7 @@ fn twenty_clients_of_20_mib_each_stay_under_64_mib() {
     let got = bridge.wait_for(20, BULK);
     assert_eq!(got.len(), 20);
     // Every message went through whole: the commit log lines carry the sizes.
-    let log = d.log_text();
+    let log = d.wait_log_count("size=", 20, SOON);
     let sizes: Vec<u64> = log
         .lines()
         .filter_map(|l| l.split("size=").nth(1))

@@ -262,6 +262,36 @@ impl Daemon {
         );
     }
 
+    /// Waits (bounded) until the log holds every one of `needles` (the daemon sends its lines
+    /// in batches, a few milliseconds after they happen), and returns it.
+    #[track_caller]
+    pub fn wait_log_all(&self, needles: &[&str], timeout: Duration) -> String {
+        let complete = |log: &str| needles.iter().all(|n| log.contains(n));
+        super::wait_until(timeout, || complete(&self.log_text()));
+        let log = self.log_text();
+        super::assert_contains(&log, needles);
+        log
+    }
+
+    /// Waits (bounded) until `count` log lines contain `needle`, and returns the log.
+    #[track_caller]
+    pub fn wait_log_count(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let seen = || {
+            self.log_lines()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+        };
+        let reached = super::wait_until(timeout, || seen() >= count);
+        assert!(
+            reached,
+            "{} lines with {needle:?}, not {count}:\n{}",
+            seen(),
+            self.log_text()
+        );
+        self.log_text()
+    }
+
     /// Sends it `signal`.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
@@ -719,6 +749,12 @@ pub struct Syslog {
 impl Syslog {
     /// Binds `dir/syslog.sock` (writable by all: the daemon reconnects as nobody).
     pub fn start(dir: &Path) -> Syslog {
+        Syslog::start_slow(dir, Duration::ZERO)
+    }
+
+    /// [`Syslog::start`], taking `per_line` over each line, as a busy syslog daemon does:
+    /// the socket's short queue (ten datagrams by default) fills up under a burst.
+    pub fn start_slow(dir: &Path, per_line: Duration) -> Syslog {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("syslog.sock");
         let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind syslog socket");
@@ -747,6 +783,9 @@ impl Syslog {
                             (pri & 7) as u8
                         };
                         lines.lock().unwrap().push((severity, text));
+                        if !per_line.is_zero() {
+                            thread::sleep(per_line);
+                        }
                     }
                 }
             });
