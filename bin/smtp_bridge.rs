@@ -24,14 +24,15 @@ smtp_bridge - local SMTP daemon that forwards a digest of every message to the X
 Usage: smtp_bridge [OPTIONS]
 
 Options:
-  --config PATH     read the configuration from PATH (default /etc/smtp_bridge.conf;
-                    without this option a missing default file means built-in defaults)
-  --loglevel LEVEL  override the configured log level: error, warning, info or debug;
-                    debug also copies every log line to standard error (running by hand)
-  --check-config    validate the configuration, print the effective settings as TOML
-                    and exit (0 when valid, 78 when not)
-  --version         print the version and exit
-  --help            print this help and exit
+  -c, --config PATH     read the configuration from PATH (default /etc/smtp_bridge.conf;
+                        without this option a missing default file means built-in defaults)
+  -l, --loglevel LEVEL  override the configured log level: error, warning, info or debug;
+                        debug also copies every log line to standard error (running by hand)
+  -f, --foreground      copy every log line to standard error (running by hand)
+  -t, --check-config    validate the configuration, print the effective settings as TOML
+                        and exit (0 when valid, 78 when not)
+  -V, --version         print the version and exit
+  -h, --help            print this help and exit
 
 The daemon never forks: run it under systemd or another supervisor.
 
@@ -48,6 +49,7 @@ static LOGS_TO_STDERR: AtomicBool = AtomicBool::new(false);
 struct Args {
     config: Option<PathBuf>,
     loglevel: Option<LogLevel>,
+    foreground: bool,
     check_config: bool,
     version: bool,
     help: bool,
@@ -98,14 +100,19 @@ impl std::fmt::Display for Failure {
             Failure::Delivery(e) => return write!(f, "cannot start delivery: {e}"),
             Failure::Server(e) => e,
         };
-        // The whole chain on one line: "cannot listen on 127.0.0.1:25: bind: Address in use".
-        write!(f, "{err}")?;
+        // The whole chain on one line: "cannot listen on 127.0.0.1:25: bind: Address in use",
+        // each cause once (some errors already name their cause in their own text).
+        let mut line = err.to_string();
         let mut source = err.source();
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            let cause = s.to_string();
+            if !line.ends_with(&cause) {
+                line.push_str(": ");
+                line.push_str(&cause);
+            }
             source = s.source();
         }
-        Ok(())
+        f.write_str(&line)
     }
 }
 
@@ -185,15 +192,16 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, Failure> {
     let usage = |e: pico_args::Error| Failure::Usage(e.to_string());
     let mut p = pico_args::Arguments::from_vec(raw);
     let args = Args {
-        help: p.contains("--help"),
-        version: p.contains("--version"),
-        check_config: p.contains("--check-config"),
+        help: p.contains(["-h", "--help"]),
+        version: p.contains(["-V", "--version"]),
+        check_config: p.contains(["-t", "--check-config"]),
+        foreground: p.contains(["-f", "--foreground"]),
         // As a string (PathBuf: FromStr), because only string values honour `--config=PATH`.
         config: p
-            .opt_value_from_str::<_, PathBuf>("--config")
+            .opt_value_from_str::<_, PathBuf>(["-c", "--config"])
             .map_err(usage)?,
         loglevel: p
-            .opt_value_from_fn("--loglevel", parse_level)
+            .opt_value_from_fn(["-l", "--loglevel"], parse_level)
             .map_err(usage)?,
     };
     let rest = p.finish();
@@ -228,10 +236,11 @@ fn load_config(args: &Args) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// Step 2: syslog (facility mail), opened while still root. `--loglevel debug` on the
-/// command line is someone running the daemon by hand: every line goes to stderr too.
+/// Step 2: syslog (facility mail), opened while still root. `--foreground`, or
+/// `--loglevel debug` on the command line, is someone running the daemon by hand: every line
+/// goes to stderr too.
 fn init_logging(config: &Config, args: &Args) {
-    let stderr_too = args.loglevel == Some(LogLevel::Debug);
+    let stderr_too = args.foreground || args.loglevel == Some(LogLevel::Debug);
     logging::init("smtp_bridge", config.loglevel, stderr_too);
     LOGS_TO_STDERR.store(stderr_too, Ordering::Relaxed);
 }
@@ -324,6 +333,27 @@ mod tests {
         let a = args(&["--config=/y.conf", "--loglevel", "warning"]).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/y.conf")));
         assert_eq!(a.loglevel, Some(LogLevel::Warning));
+        assert!(!a.foreground);
+        // The short forms smtp_bridge(8) gives.
+        let a = args(&["-f", "-c", "/z.conf", "-l", "info", "-t"]).unwrap();
+        assert_eq!(a.config, Some(PathBuf::from("/z.conf")));
+        assert_eq!(a.loglevel, Some(LogLevel::Info));
+        assert!(a.foreground && a.check_config);
+        assert!(args(&["-V"]).unwrap().version);
+        assert!(args(&["-h"]).unwrap().help);
+        assert!(args(&["--foreground"]).unwrap().foreground);
+    }
+
+    #[test]
+    fn a_failure_names_each_cause_once() {
+        let e = Failure::Config(ConfigError::Io {
+            path: PathBuf::from("/nonexistent.conf"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(
+            e.to_string(),
+            "cannot read /nonexistent.conf: entity not found"
+        );
     }
 
     #[test]
@@ -333,7 +363,9 @@ mod tests {
             &["--loglevel", "loud"],
             &["--config"],
             &["extra"],
-            &["-c", "x.conf"],
+            &["-c"],
+            &["-x"],
+            &["-l", "loud"],
         ] {
             let e = args(bad).unwrap_err();
             assert_eq!(e.exit_code(), sysexits::EX_USAGE, "{bad:?}");
@@ -343,11 +375,12 @@ mod tests {
     #[test]
     fn help_lists_every_option() {
         for opt in [
-            "--config",
-            "--loglevel",
-            "--check-config",
-            "--version",
-            "--help",
+            "-c, --config",
+            "-l, --loglevel",
+            "-f, --foreground",
+            "-t, --check-config",
+            "-V, --version",
+            "-h, --help",
         ] {
             assert!(HELP.contains(opt), "{opt}");
         }

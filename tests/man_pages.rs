@@ -263,6 +263,14 @@ fn daemon_page_documents_every_option_of_help() {
             &option[1..]
         );
     }
+    // And the other way: the page documents no option that --help (whose every form the
+    // parser's unit tests take) does not list.
+    for option in &documented {
+        assert!(
+            options.contains(option),
+            "smtp_bridge.8 documents {option}, which --help does not list:\n{help}"
+        );
+    }
 }
 
 /// Every option the parser honours, ignores or refuses, each in the section of sendmail(8)
