@@ -738,6 +738,51 @@ fn a_second_daemon_on_the_same_spool_keeps_no_spares() {
 
 // ---- limits and access ----------------------------------------------------------------
 
+/// Name and nice value of every thread of `pid`, from /proc.
+fn thread_nice_values(pid: u32) -> Vec<(String, i32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+            // pid (comm) state ...: nice is the 19th field, the 17th after the name.
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1.to_owned();
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+/// When the CPU is short, clients come first: the delivery thread runs at nice 10, every
+/// other thread (the event loop, the spool writer and its syncer) at the daemon's own.
+#[test]
+fn delivery_runs_nicer_than_the_threads_serving_clients() {
+    let (bridge, d) = setup("nice", "");
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("nice", "x")).unwrap().0, 250);
+    bridge.wait_for(1, SOON);
+    let threads = thread_nice_values(d.pid());
+    let nice_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"))
+            .1
+    };
+    let own = nice_of("smtp_bridge");
+    assert_eq!(
+        nice_of("delivery"),
+        (own + smtp_bridge::deliver::DELIVERY_NICENESS).min(19),
+        "{threads:?}"
+    );
+    for (name, nice) in &threads {
+        if name != "delivery" {
+            assert_eq!(*nice, own, "thread {name}: {threads:?}");
+        }
+    }
+    assert!(threads.iter().any(|(n, _)| n == "spool"), "{threads:?}");
+}
+
 #[test]
 fn client_not_in_allowed_clients_gets_554() {
     let (_bridge, d) = setup("allowed", "allowed_clients = [\"10.0.0.0/8\"]");
