@@ -15,6 +15,8 @@
 # Knobs (environment): R, SESSIONS (20), N_SMALL (1 KiB messages, reuse), N_NEW (1 KiB,
 # one connection each), N_LARGE (1 MiB messages), HUGE_MIB (20), IDLE (1000 connections),
 # SINK_N (PUTs for the sink-alone rate), SHIM_N (sendmail runs), OUT (BENCHMARKS.md),
+# (as root, the 1 KiB kept-connection load runs a second time with bench/syslog_sink.py as
+# the daemon's syslog, for the CPU a real box's syslog costs and a count of the lines)
 # DAEMON_BIN (another smtp_bridge build to measure; default: this tree's), CANDIDATE_BIN (a
 # second build, e.g. with a proposed fix, measured in the same repetitions for a fair
 # before/after on a noisy machine), CANDIDATE_CONF (extra configuration lines for the
@@ -76,7 +78,7 @@ SERVER_PID=""
 SINK_PID=""
 cleanup() {
     local pid
-    for pid in $SERVER_PID $SINK_PID; do
+    for pid in $SERVER_PID $SINK_PID $SYSLOG_PID; do
         { kill -KILL "$pid" && wait "$pid"; } 2>/dev/null || true
     done
     if [[ ${KEEP:-0} == 1 ]]; then say "kept $WORK"; else rm -rf "$WORK"; fi
@@ -149,6 +151,42 @@ start_daemon() {
         die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
 }
 
+# The daemon with a syslog daemon reading its log, as on any real box (this machine may have no
+# /dev/log; then the daemon's info lines go nowhere and cost less than they would). Root only:
+# a private mount namespace gives the daemon bench/syslog_sink.py's socket as its /dev/log (and
+# as /run/syslog, its fallback), as tests/common/daemon.rs does for the tests.
+SYSLOG_PID=""
+with_syslog=false
+$run_as_root && command -v unshare >/dev/null && with_syslog=true
+start_daemon_with_syslog() {
+    DAEMON_RUN=$((DAEMON_RUN + 1))
+    local dir=$WORK/daemon.$DAEMON_RUN
+    mkdir -p "$dir" && chmod 755 "$dir"
+    SERVER_PORT=$("$LOADGEN" freeport)
+    write_daemon_conf "$dir" "$SERVER_PORT"
+    SYSLOG_OUT=$dir/syslog.out
+    python3 "$ROOT/bench/syslog_sink.py" "$dir/syslog.sock" >"$SYSLOG_OUT" 2>"$dir/syslog.log" &
+    SYSLOG_PID=$!
+    for _ in $(seq 100); do [[ -S $dir/syslog.sock ]] && break; sleep 0.05; done
+    [[ -S $dir/syslog.sock ]] || die "the syslog stand-in did not start: $(cat "$dir/syslog.log")"
+    # unshare and sh exec in place, so $! is the daemon's own pid.
+    SYSLOG_SOCKET=$dir/syslog.sock unshare --mount --propagation private sh -c '
+        mount -t tmpfs -o size=64k,mode=755 none /run &&
+        : >/run/syslog && mount --bind "$SYSLOG_SOCKET" /run/syslog &&
+        { [ ! -e /dev/log ] || mount --bind "$SYSLOG_SOCKET" /dev/log; } &&
+        exec "$0" "$@"' "$CURRENT_BIN" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
+    SERVER_PID=$!
+    "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 ||
+        die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
+}
+stop_syslog() { # after stop_server: what the daemon logged last has reached the socket
+    [[ -n $SYSLOG_PID ]] || return 0
+    sleep 0.5
+    kill -TERM "$SYSLOG_PID" 2>/dev/null || true
+    wait "$SYSLOG_PID" 2>/dev/null || true
+    SYSLOG_PID=""
+}
+
 daemon_ready=false
 if [[ $ONLY != reference ]]; then
     if "$DAEMON_BIN" --version 2>/dev/null | grep -q smtp_bridge; then
@@ -191,6 +229,16 @@ one_target() { # $1: reference|daemon|candidate, $2: rep
     record "$t" reuse1k "$rep" "$LOADGEN" smtp $A "127.0.0.1:$SERVER_PORT" "${S[@]}" --mode reuse \
         --size 1024 --messages "$N_SMALL" --pid "$SERVER_PID" "${sink_opt[@]}" --timeout 600
     stop_server
+    # The same with a syslog daemon reading the log (the daemon's CPU includes sending it).
+    if [[ $t != reference ]] && $with_syslog; then
+        start_daemon_with_syslog
+        record "$t" reuse1k_syslog "$rep" "$LOADGEN" smtp $A "127.0.0.1:$SERVER_PORT" "${S[@]}" \
+            --mode reuse --size 1024 --messages "$N_SMALL" --pid "$SERVER_PID" "${sink_opt[@]}" \
+            --timeout 600
+        stop_server
+        stop_syslog
+        record "$t" syslog "$rep" cat "$SYSLOG_OUT"
+    fi
     # 1 KiB, one connection per message.
     $start
     record "$t" new1k "$rep" "$LOADGEN" smtp $A "127.0.0.1:$SERVER_PORT" "${S[@]}" --mode new \

@@ -94,6 +94,8 @@ def main():
          "abs_le", 5.0, ("daemon", "reuse1k", "p99_ms", 1), ("reference", "reuse1k", "p99_ms", 1), 2, " ms"),
         ("daemon CPU per 1 KiB message (accept + deliver)", "≤ 0.15 ms",
          "abs_le", 0.15, ("daemon", "reuse1k", "server_cpu_ms_per_msg", 1), ("reference", "reuse1k", "server_cpu_ms_per_msg", 1), 3, " ms"),
+        ("daemon CPU per 1 KiB message, with a syslog daemon reading the log", "≤ 0.15 ms",
+         "abs_le", 0.15, ("daemon", "reuse1k_syslog", "server_cpu_ms_per_msg", 1), ("reference", "reuse1k", "server_cpu_ms_per_msg", 1), 3, " ms"),
         ("daemon peak RSS, idle", "≤ 8 MiB",
          "abs_le", 8.0, ("daemon", "idle", "hwm_kb", KB), ("reference", "idle", "hwm_kb", KB), 1, " MiB"),
         (f"daemon peak RSS, {sessions} sessions × 1 KiB", "≤ 12 MiB",
@@ -121,7 +123,9 @@ def main():
     lines.append(f"Load: {sessions} sessions; {env.get('N_SMALL')} × 1 KiB (kept connections, MAIL/RCPT/DATA pipelined), "
                  f"{env.get('N_NEW')} × 1 KiB (one connection each), {env.get('N_LARGE')} × 1 MiB, "
                  f"{sessions} × {huge} MiB at once, {idle} idle connections, {env.get('SINK_N')} PUTs to the sink alone, "
-                 f"{env.get('SHIM_N')} `sendmail -t -i` runs")
+                 f"{env.get('SHIM_N')} `sendmail -t -i` runs"
+                 + ("; the kept-connection load once more with `bench/syslog_sink.py` as the daemon's syslog"
+                    if any(r.get("measure") == "syslog" for r in rows) else ""))
     lines.append("")
     lines.append("| measure | target | smtp_bridge | reference | ratio | result |")
     lines.append("|---|---|---:|---:|---:|:---:|")
@@ -244,6 +248,13 @@ def main():
                             f"(replies {r.get('replies')})")
         if r.get("cmd") == "exec" and r.get("failures", "0") != "0":
             problems.append(f"{label}: {r.get('failures')} sendmail runs failed")
+        if r.get("measure") == "syslog":
+            want = int(env.get("N_SMALL", "0"))
+            got = (int(r.get("from_lines", "0")), int(r.get("sent_lines", "0")))
+            if got != (want, want) or r.get("lost_reports", "0") != "0":
+                problems.append(f"{label}: {got[0]} of {want} `from=` lines and {got[1]} of {want} "
+                                f"`status=sent` lines reached syslog ({r.get('lost_reports')} "
+                                "`log lines lost` reports)")
         if r.get("cmd") == "exec" and "delivered" in r and r.get("delivered") != r.get("ok"):
             problems.append(f"{label}: {r.get('delivered')} of {r.get('ok')} shim messages reached the sink")
     if problems:
@@ -251,8 +262,10 @@ def main():
         lines.append("")
         lines.extend(f"- {p}" for p in problems)
     else:
+        syslog_s = (", every message's two log lines received by syslog"
+                    if any(r.get("measure") == "syslog" for r in rows) else "")
         lines.append("Checks: every message accepted, every accepted message delivered, no PUT rejected by the sink, "
-                     "every idle connection greeted, every shim run exited 0.")
+                     f"every idle connection greeted, every shim run exited 0{syslog_s}.")
     lines.append("")
     lines.append(END)
     block = "\n".join(lines)
