@@ -132,6 +132,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             log::error!("fatal: {failure}");
+            // The log line first, so that stderr shows them in that order.
+            logging::flush();
             if !LOGS_TO_STDERR.load(Ordering::Relaxed) {
                 eprintln!("smtp_bridge: {failure}");
             }

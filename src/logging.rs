@@ -17,9 +17,9 @@
 //! what gathered every [`BATCH_WINDOW`] (warnings and errors at once), in order. A datagram to
 //! a sleeping syslog daemon costs the sender the wake-up of another process, which on a busy
 //! box cost more than the rest of a line; in batches, only the first line of each pays it.
-//! The writer may wait for a busy syslog (up to [`SEND_TIMEOUT`] per batch), so a burst is
+//! The writer may wait for a busy syslog (a batch gets [`SEND_TIMEOUT`] in all), so a burst is
 //! not lost to the socket's short queue; lines that still cannot be kept (the queue is full,
-//! syslog stays busy) are counted and reported in a warning once syslog takes lines again.
+//! syslog stays busy) are counted, and a warning says how many before the next line sent.
 //! The `sendmail` shim sends each line itself, as it is logged.
 //!
 //! Warnings and errors get Postfix's `warning: ` and `error: ` prefixes. Carriage returns,
@@ -28,7 +28,7 @@
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -44,12 +44,19 @@ const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the writer thread lets info and debug lines gather before it sends them.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-/// How long the writer thread waits for a busy syslog in one batch before it gives up on the
-/// rest of that batch (each line then counts as lost, or goes to stderr by the usual rules).
+/// How long the writer thread may spend sending one batch (waiting for a busy syslog, in
+/// practice) before the rest of it skips syslog (each line then counts as lost, or goes to
+/// stderr by the usual rules); one send may wait that long too. So [`flush`] at exit takes
+/// at most about twice this.
 pub const SEND_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// The most bytes of lines waiting for the writer thread; lines beyond are counted as lost.
+/// The most bytes of lines waiting for the writer thread (their text, their allocation and
+/// their place in the queue); lines beyond are counted as lost. While a batch is being sent,
+/// as much again may gather.
 const MAX_WAITING_BYTES: usize = 1 << 20;
+
+/// What a waiting line costs besides its text: its entry in the queue.
+const ENTRY_BYTES: usize = std::mem::size_of::<(log::Level, String)>();
 
 /// What goes to stderr besides syslog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +161,19 @@ struct MailLog {
     ready: Condvar,
     /// Whether lines go through the writer thread.
     deferred: AtomicBool,
+    /// [`SEND_TIMEOUT`], but for tests.
+    send_timeout: Duration,
+    /// While there is no syslog and the next attempt to reach it is not due, the time (on
+    /// [`clock`]) when it is, so that lines nobody would see are dropped before they are
+    /// even formatted; 0 otherwise.
+    unreachable_until: AtomicU64,
+}
+
+/// Nanoseconds since the first call: a clock an atomic can hold.
+fn clock(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What waits for the writer thread.
@@ -183,7 +203,7 @@ fn is_ours(target: &str) -> bool {
 
 impl MailLog {
     fn new(level: LogLevel, stderr: Stderr, syslog: SyslogSink) -> MailLog {
-        MailLog {
+        let logger = MailLog {
             level: AtomicU8::new(encode(level)),
             stderr,
             stderr_is_terminal: io::stderr().is_terminal(),
@@ -191,24 +211,53 @@ impl MailLog {
             waiting: Mutex::new(Waiting::default()),
             ready: Condvar::new(),
             deferred: AtomicBool::new(false),
-        }
+            send_timeout: SEND_TIMEOUT,
+            unreachable_until: AtomicU64::new(0),
+        };
+        logger.note_reachability(&lock(&logger.syslog));
+        logger
+    }
+
+    /// Records, after a send (under the sink's lock), whether syslog can be reached.
+    fn note_reachability(&self, sink: &SyslogSink) {
+        let until = match (&sink.conn, sink.failed_at) {
+            (None, Some(failed)) => clock(failed + sink.retry_after).max(1),
+            _ => 0,
+        };
+        self.unreachable_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether a line at `level` would reach no one: syslog is not there (nor due to be tried
+    /// again) and stderr does not want it. Such lines are dropped before they are formatted,
+    /// as they would be after: on a box without syslog, the info lines cost nothing.
+    fn reaches_no_one(&self, level: log::Level) -> bool {
+        let until = self.unreachable_until.load(Ordering::Relaxed);
+        until != 0
+            && clock(Instant::now()) < until
+            && !wants_stderr(self.stderr, false, level, self.stderr_is_terminal)
     }
 
     /// One rendered line: to the writer's queue, or sent now.
     fn write(&self, level: log::Level, line: String) {
         if !self.deferred.load(Ordering::Acquire) {
             let mut sink = lock(&self.syslog);
-            self.send_line(&mut sink, level, &line, false);
-            return;
+            // Checked again under the lock [`MailLog::start_writer`] switches under: from
+            // then on, the socket may make a sender wait, which only the writer may do.
+            if !self.deferred.load(Ordering::Acquire) {
+                self.send_line(&mut sink, level, &line, false);
+                self.note_reachability(&sink);
+                return;
+            }
         }
+        let cost = line.capacity() + ENTRY_BYTES;
         let mut waiting = lock(&self.waiting);
-        if waiting.bytes + line.len() > MAX_WAITING_BYTES {
+        if waiting.bytes + cost > MAX_WAITING_BYTES {
             waiting.overflowed += 1;
             return;
         }
         let first = waiting.lines.is_empty();
         let urgent = level <= log::Level::Warn;
-        waiting.bytes += line.len();
+        waiting.bytes += cost;
         waiting.lines.push((level, line));
         if first || (urgent && !waiting.urgent) {
             waiting.urgent |= urgent;
@@ -216,15 +265,16 @@ impl MailLog {
         }
     }
 
-    /// Sends one line to syslog (unless `skip_syslog`) and to stderr by the rules. Returns
-    /// whether syslog was busy.
+    /// Sends one line to syslog (unless `skip_syslog`) and to stderr by the rules; a line
+    /// that syslog was too busy for and that went nowhere else counts as lost. Returns what
+    /// syslog did with it, and whether stderr got it.
     fn emit(
         &self,
         sink: &mut SyslogSink,
         level: log::Level,
         line: &str,
         skip_syslog: bool,
-    ) -> bool {
+    ) -> (Sent, bool) {
         let sent = if skip_syslog {
             Sent::Busy
         } else {
@@ -241,11 +291,11 @@ impl MailLog {
         } else if sent == Sent::Busy {
             sink.lost += 1;
         }
-        sent == Sent::Busy
+        (sent, to_stderr)
     }
 
-    /// Sends everything waiting, in order, from the calling thread. After syslog has been
-    /// busy for [`SEND_TIMEOUT`], the rest of the batch does not wait for it again.
+    /// Sends everything waiting, in order, from the calling thread. Once the batch has taken
+    /// `send_timeout`, or syslog was busy that long for one line, the rest skips syslog.
     fn drain(&self) {
         let mut sink = lock(&self.syslog);
         let (lines, overflowed) = {
@@ -258,10 +308,12 @@ impl MailLog {
             )
         };
         sink.lost += overflowed;
+        let deadline = Instant::now() + self.send_timeout;
         let mut busy = false;
         for (level, line) in lines {
-            busy = self.send_line(&mut sink, level, &line, busy);
+            busy = self.send_line(&mut sink, level, &line, busy) || Instant::now() > deadline;
         }
+        self.note_reachability(&sink);
     }
 
     /// [`MailLog::emit`], after a warning saying how many lines were lost before, if any were
@@ -283,16 +335,17 @@ impl MailLog {
                 ),
             );
             let lost = std::mem::take(&mut sink.lost);
-            if self.emit(sink, log::Level::Warn, &report, false) {
-                // Still busy. A report that went nowhere (not even to stderr) is not one: the
-                // count waits for the next chance, without the report itself.
-                if sink.lost > 0 {
-                    sink.lost = lost;
-                }
-                return self.emit(sink, level, line, true);
+            let (sent, to_stderr) = self.emit(sink, log::Level::Warn, &report, false);
+            if sent != Sent::Yes && !to_stderr {
+                // A report that went nowhere is not one: the count waits for the next
+                // chance, without the report itself.
+                sink.lost = lost;
+            }
+            if sent == Sent::Busy {
+                return self.emit(sink, level, line, true).0 == Sent::Busy;
             }
         }
-        self.emit(sink, level, line, skip_syslog)
+        self.emit(sink, level, line, skip_syslog).0 == Sent::Busy
     }
 
     /// The writer thread's loop: waits for a first line, lets more gather for
@@ -330,7 +383,7 @@ impl MailLog {
             .name("log".into())
             .spawn(move || self.write_batches())?;
         // The writer is not the thread that logged: it may wait for a busy syslog.
-        sink.set_send_timeout(Some(SEND_TIMEOUT));
+        sink.set_send_timeout(Some(self.send_timeout));
         self.deferred.store(true, Ordering::Release);
         Ok(())
     }
@@ -344,7 +397,7 @@ impl log::Log for MailLog {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
+        if !self.enabled(record.metadata()) || self.reaches_no_one(record.level()) {
             return;
         }
         self.write(
@@ -779,18 +832,22 @@ mod tests {
 
     /// A logger of our own on a fake syslog (the global one belongs to the process), lines
     /// going through the writer's queue; the writer thread itself only with `thread`.
-    fn deferred_logger(path: PathBuf, thread: bool) -> &'static MailLog {
+    fn deferred_logger(path: PathBuf, thread: bool, send_timeout: Duration) -> &'static MailLog {
         let sink = SyslogSink::new("t", Some(path), Duration::ZERO);
-        let logger: &'static MailLog =
-            Box::leak(Box::new(MailLog::new(LogLevel::Debug, Stderr::Never, sink)));
+        let mut logger = MailLog::new(LogLevel::Debug, Stderr::Never, sink);
+        logger.send_timeout = send_timeout;
+        let logger: &'static MailLog = Box::leak(Box::new(logger));
         if thread {
             logger.start_writer().unwrap();
         } else {
-            lock(&logger.syslog).set_send_timeout(Some(SEND_TIMEOUT));
+            lock(&logger.syslog).set_send_timeout(Some(send_timeout));
             logger.deferred.store(true, Ordering::Release);
         }
         logger
     }
+
+    /// Long enough for a reader thread on a loaded machine: only the wedged test waits it out.
+    const PATIENT: Duration = Duration::from_secs(10);
 
     /// Reads the fake syslog until a line ends with `last`; returns every line's message.
     fn collect_until(sock: &FakeSyslog, last: &str) -> Vec<String> {
@@ -811,7 +868,7 @@ mod tests {
     fn writer_keeps_every_line_in_order() {
         let dir = temp_dir("writer-order");
         let (path, server) = fake_syslog(&dir);
-        let logger = deferred_logger(path, true);
+        let logger = deferred_logger(path, true, PATIENT);
         let mut want = Vec::new();
         for i in 0..300 {
             let level = if i % 50 == 7 {
@@ -834,7 +891,7 @@ mod tests {
     fn flush_sends_what_waits() {
         let dir = temp_dir("writer-flush");
         let (path, server) = fake_syslog(&dir);
-        let logger = deferred_logger(path, false);
+        let logger = deferred_logger(path, false, PATIENT);
         logger.write(log::Level::Info, "Q1: one".into());
         logger.write(log::Level::Info, "Q2: two".into());
         server.set_nonblocking(true).unwrap();
@@ -855,14 +912,14 @@ mod tests {
     fn a_full_queue_loses_lines_and_says_how_many() {
         let dir = temp_dir("writer-full");
         let (path, server) = fake_syslog(&dir);
-        let logger = deferred_logger(path, false);
+        let logger = deferred_logger(path, false, PATIENT);
         let line = "x".repeat(1000);
         let total = 2 * MAX_WAITING_BYTES / line.len();
         for _ in 0..total {
             logger.write(log::Level::Info, line.clone());
         }
         let kept = lock(&logger.waiting).lines.len();
-        assert_eq!(kept, MAX_WAITING_BYTES / line.len());
+        assert_eq!(kept, MAX_WAITING_BYTES / (line.len() + ENTRY_BYTES));
         let reader = std::thread::spawn(move || collect_until(&server, "last"));
         logger.drain();
         logger.write(log::Level::Info, "last".into());
@@ -886,7 +943,7 @@ mod tests {
     fn a_wedged_syslog_costs_one_timeout_per_batch() {
         let dir = temp_dir("writer-wedged");
         let (path, server) = fake_syslog(&dir);
-        let logger = deferred_logger(path, false);
+        let logger = deferred_logger(path, false, SEND_TIMEOUT);
         let lines = 100;
         for i in 0..lines {
             logger.write(log::Level::Info, format!("Q{i}: {}", "y".repeat(2000)));
@@ -921,6 +978,130 @@ mod tests {
             )
         );
         assert_eq!(got.len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A syslog that reads, but slowly (30 ms a line), holds a batch up for about
+    /// [`SEND_TIMEOUT`] in all, not for every line's wait: the rest of the batch is counted
+    /// as lost, and the count is the first line after.
+    #[test]
+    fn a_slow_syslog_holds_a_batch_for_one_timeout_in_all() {
+        let dir = temp_dir("writer-slow");
+        let (path, server) = fake_syslog(&dir);
+        let logger = deferred_logger(path, false, SEND_TIMEOUT);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            loop {
+                let line = recv(&server);
+                std::thread::sleep(Duration::from_millis(30));
+                let done = line.ends_with("after");
+                got.push(line.split_once("]: ").unwrap().1.to_owned());
+                if done {
+                    return got;
+                }
+            }
+        });
+        let lines = 100;
+        for i in 0..lines {
+            logger.write(log::Level::Info, format!("Q{i}"));
+        }
+        let started = Instant::now();
+        logger.drain();
+        // Waiting for every line would take 100 × 30 ms; the bound is the budget and one send.
+        assert!(
+            started.elapsed() < SEND_TIMEOUT * 2 + Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        logger.write(log::Level::Info, "after".into());
+        logger.drain();
+        let got = reader.join().unwrap();
+        let taken = got.iter().filter(|l| l.starts_with('Q')).count();
+        assert!(
+            taken < lines,
+            "every line was sent: the budget did not hold"
+        );
+        assert_eq!(
+            got[taken],
+            format!(
+                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
+                lines - taken
+            )
+        );
+        assert_eq!(got.len(), taken + 2, "{got:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Without syslog, lines that would go nowhere are not even queued, until it is time to
+    /// look for syslog again; warnings still are (stderr takes them).
+    #[test]
+    fn lines_for_no_one_are_dropped_early() {
+        let dir = temp_dir("no-one");
+        let path = dir.join("absent");
+        let record = |level| {
+            log::Record::builder()
+                .level(level)
+                .target("smtp_bridge::test")
+                .args(format_args!("Q1: a line"))
+                .build()
+        };
+        let later = SyslogSink::new("t", Some(path.clone()), Duration::from_secs(3600));
+        let logger = MailLog::new(LogLevel::Debug, Stderr::Never, later);
+        logger.deferred.store(true, Ordering::Release);
+        log::Log::log(&logger, &record(log::Level::Info));
+        log::Log::log(&logger, &record(log::Level::Error));
+        assert_eq!(lock(&logger.waiting).lines.len(), 0, "stderr: never");
+        let fallback = SyslogSink::new("t", Some(path.clone()), Duration::from_secs(3600));
+        let mut logger = MailLog::new(LogLevel::Debug, Stderr::Fallback, fallback);
+        logger.stderr_is_terminal = false;
+        logger.deferred.store(true, Ordering::Release);
+        log::Log::log(&logger, &record(log::Level::Info));
+        log::Log::log(&logger, &record(log::Level::Warn));
+        let levels: Vec<log::Level> = lock(&logger.waiting).lines.iter().map(|l| l.0).collect();
+        assert_eq!(levels, [log::Level::Warn], "warnings go to stderr");
+        // Due to be looked for again at once: the line goes through, to try.
+        let due = SyslogSink::new("t", Some(path), Duration::ZERO);
+        let logger = MailLog::new(LogLevel::Debug, Stderr::Never, due);
+        logger.deferred.store(true, Ordering::Release);
+        log::Log::log(&logger, &record(log::Level::Info));
+        assert_eq!(lock(&logger.waiting).lines.len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Once syslog is back (tried again when due), lines reach it again.
+    #[test]
+    fn syslog_coming_back_is_noticed() {
+        let dir = temp_dir("comes-back");
+        let path = dir.join("log");
+        let sink = SyslogSink::new("t", Some(path.clone()), Duration::from_millis(50));
+        let logger: &'static MailLog =
+            Box::leak(Box::new(MailLog::new(LogLevel::Debug, Stderr::Never, sink)));
+        logger.start_writer().unwrap();
+        assert!(logger.reaches_no_one(log::Level::Info));
+        let (_, server) = fake_syslog(&dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        server.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let got = loop {
+            assert!(Instant::now() < deadline, "syslog never found again");
+            n += 1;
+            let line = format!("Q{n}: hello");
+            log::Log::log(
+                logger,
+                &log::Record::builder()
+                    .level(log::Level::Info)
+                    .target("smtp_bridge::test")
+                    .args(format_args!("{line}"))
+                    .build(),
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            if let Ok(len) = server.recv(&mut buf) {
+                break String::from_utf8_lossy(&buf[..len]).into_owned();
+            }
+        };
+        assert!(got.contains(": hello"), "{got}");
+        assert!(!logger.reaches_no_one(log::Level::Info));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -596,6 +596,13 @@ fn a_burst_into_a_slow_syslog_loses_no_line() {
     let total = CLIENTS * EACH;
     bridge.wait_for(total, Duration::from_secs(60));
     assert!(d.stop().success());
+    // The daemon sent its last lines before it exited; the stand-in reads them at its pace.
+    common::wait_until(SOON, || {
+        syslog
+            .lines()
+            .last()
+            .is_some_and(|(_, l)| l.contains("stopped"))
+    });
     let lines: Vec<String> = syslog.lines().into_iter().map(|(_, l)| l).collect();
     let text = || lines.join("\n");
     let mut first_seen = std::collections::HashMap::new();
