@@ -993,6 +993,67 @@ fn check_config_prints_settings_or_exits_78() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(78), "{missing:?}");
+    // The cause is named once: "cannot read PATH: No such file or directory (os error 2)".
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(said.matches("No such file").count(), 1, "{said}");
+    // The short forms smtp_bridge(8) gives.
+    let out = Command::new(common::daemon_bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("-t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+}
+
+/// `-f` copies every log line to stderr (here, where syslog may be missing and stderr is a
+/// pipe, info lines would otherwise go nowhere), as smtp_bridge(8)'s example runs it.
+#[test]
+fn foreground_copies_the_log_to_stderr() {
+    use std::process::Stdio;
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("foreground");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
+    );
+    let mut child = Command::new(common::daemon_bin())
+        .arg("-f")
+        .arg("-c")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + SOON;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(": ready")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("smtp_bridge[") && l.ends_with(": ready")),
+        "no ready line on stderr: {seen:?}"
+    );
+    assert!(status.success(), "{status}");
 }
 
 #[test]
