@@ -546,7 +546,8 @@ fn run_thread(
     spares: &Spares,
 ) {
     if let Err(e) = lower_own_priority(DELIVERY_NICENESS) {
-        log::debug!("delivery: cannot lower its CPU priority: {e}");
+        // A seccomp filter without setpriority (see the shipped unit), say.
+        log::info!("delivery: cannot lower its CPU priority ({e}): it shares the CPU with clients");
     }
     // The right to keep spare files, and those the last run left, before the first pass.
     let keeper = match Spool::new(&config.spool_dir).keep_spares(spares) {

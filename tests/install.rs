@@ -403,6 +403,12 @@ fn systemd_units_verify_and_the_service_is_hardened() {
     );
 
     let text = std::fs::read_to_string(&service).unwrap();
+    let deny = text.find("SystemCallFilter=~@privileged @resources");
+    let allow = text.find("SystemCallFilter=setpriority");
+    assert!(
+        deny.is_some() && allow > deny,
+        "setpriority must be allowed after the @resources deny list"
+    );
     for setting in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -413,6 +419,8 @@ fn systemd_units_verify_and_the_service_is_hardened() {
         "CapabilityBoundingSet=",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Requires=smtp_bridge.socket",
+        // After the @resources deny list, or the delivery thread's nice value stays 0.
+        "SystemCallFilter=setpriority",
     ] {
         assert!(
             text.lines().any(|l| l == setting),
