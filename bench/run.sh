@@ -137,44 +137,37 @@ EOF
     DAEMON_CONF=$1/smtp_bridge.conf
 }
 
-DAEMON_RUN=0
-start_daemon() {
-    DAEMON_RUN=$((DAEMON_RUN + 1))
-    local dir=$WORK/daemon.$DAEMON_RUN
-    mkdir -p "$dir" && chmod 755 "$dir"
-    SERVER_PORT=$("$LOADGEN" freeport)
-    write_daemon_conf "$dir" "$SERVER_PORT"
-    # As root the daemon binds, then drops to the configured user (nobody), as in production.
-    "$CURRENT_BIN" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
-    SERVER_PID=$!
-    "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 ||
-        die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
-}
-
-# The daemon with a syslog daemon reading its log, as on any real box (this machine may have no
-# /dev/log; then the daemon's info lines go nowhere and cost less than they would). Root only:
-# a private mount namespace gives the daemon bench/syslog_sink.py's socket as its /dev/log (and
-# as /run/syslog, its fallback), as tests/common/daemon.rs does for the tests.
+# With `syslog`, the daemon gets a syslog daemon reading its log, as on any real box (this
+# machine may have no /dev/log; then the daemon's info lines go nowhere and cost less than they
+# would). Root only: a private mount namespace gives the daemon bench/syslog_sink.py's socket
+# as its /dev/log (and as /run/syslog, its fallback), as tests/common/daemon.rs does for the
+# tests.
 SYSLOG_PID=""
 with_syslog=false
 $run_as_root && command -v unshare >/dev/null && with_syslog=true
-start_daemon_with_syslog() {
+DAEMON_RUN=0
+start_daemon() { # [$1: syslog]
     DAEMON_RUN=$((DAEMON_RUN + 1))
-    local dir=$WORK/daemon.$DAEMON_RUN
+    local dir=$WORK/daemon.$DAEMON_RUN run=("$CURRENT_BIN")
     mkdir -p "$dir" && chmod 755 "$dir"
     SERVER_PORT=$("$LOADGEN" freeport)
     write_daemon_conf "$dir" "$SERVER_PORT"
-    SYSLOG_OUT=$dir/syslog.out
-    python3 "$ROOT/bench/syslog_sink.py" "$dir/syslog.sock" >"$SYSLOG_OUT" 2>"$dir/syslog.log" &
-    SYSLOG_PID=$!
-    for _ in $(seq 100); do [[ -S $dir/syslog.sock ]] && break; sleep 0.05; done
-    [[ -S $dir/syslog.sock ]] || die "the syslog stand-in did not start: $(cat "$dir/syslog.log")"
-    # unshare and sh exec in place, so $! is the daemon's own pid.
-    SYSLOG_SOCKET=$dir/syslog.sock unshare --mount --propagation private sh -c '
-        mount -t tmpfs -o size=64k,mode=755 none /run &&
-        : >/run/syslog && mount --bind "$SYSLOG_SOCKET" /run/syslog &&
-        { [ ! -e /dev/log ] || mount --bind "$SYSLOG_SOCKET" /dev/log; } &&
-        exec "$0" "$@"' "$CURRENT_BIN" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
+    if [[ ${1:-} == syslog ]]; then
+        SYSLOG_OUT=$dir/syslog.out
+        python3 "$ROOT/bench/syslog_sink.py" "$dir/syslog.sock" >"$SYSLOG_OUT" 2>"$dir/syslog.log" &
+        SYSLOG_PID=$!
+        for _ in $(seq 100); do [[ -S $dir/syslog.sock ]] && break; sleep 0.05; done
+        [[ -S $dir/syslog.sock ]] || die "the syslog stand-in did not start: $(cat "$dir/syslog.log")"
+        # unshare and sh exec in place, so $! stays the daemon's own pid.
+        # shellcheck disable=SC2016 # expanded by the inner shell
+        run=(unshare --mount --propagation private sh -c '
+            mount -t tmpfs -o size=64k,mode=755 none /run &&
+            : >/run/syslog && mount --bind "$SYSLOG_SOCKET" /run/syslog &&
+            { [ ! -e /dev/log ] || mount --bind "$SYSLOG_SOCKET" /dev/log; } &&
+            exec "$0" "$@"' "$CURRENT_BIN")
+    fi
+    # As root the daemon binds, then drops to the configured user (nobody), as in production.
+    SYSLOG_SOCKET=$dir/syslog.sock "${run[@]}" --config "$DAEMON_CONF" 2>>"$dir/daemon.log" &
     SERVER_PID=$!
     "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 ||
         die "smtp_bridge did not greet: $(tail -5 "$dir/daemon.log")"
@@ -231,7 +224,7 @@ one_target() { # $1: reference|daemon|candidate, $2: rep
     stop_server
     # The same with a syslog daemon reading the log (the daemon's CPU includes sending it).
     if [[ $t != reference ]] && $with_syslog; then
-        start_daemon_with_syslog
+        start_daemon syslog
         record "$t" reuse1k_syslog "$rep" "$LOADGEN" smtp $A "127.0.0.1:$SERVER_PORT" "${S[@]}" \
             --mode reuse --size 1024 --messages "$N_SMALL" --pid "$SERVER_PID" "${sink_opt[@]}" \
             --timeout 600

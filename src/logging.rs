@@ -20,7 +20,9 @@
 //! The writer may wait for a busy syslog (a batch gets [`SEND_TIMEOUT`] in all), so a burst is
 //! not lost to the socket's short queue; lines that still cannot be kept (the queue is full,
 //! syslog stays busy) are counted, and a warning says how many before the next line sent.
-//! The `sendmail` shim sends each line itself, as it is logged.
+//! The `sendmail` shim sends each line itself, as it is logged. In both, while syslog cannot
+//! be reached and is not due to be tried again, a line that stderr does not want either is
+//! dropped before it is even formatted.
 //!
 //! Warnings and errors get Postfix's `warning: ` and `error: ` prefixes. Carriage returns,
 //! line feeds and other control characters in a message are escaped (`\n`, `\x1b`), so a
@@ -187,6 +189,17 @@ struct Waiting {
     overflowed: u64,
 }
 
+/// The warning that `lost` lines went missing, as sent.
+fn lost_report(lost: u64) -> String {
+    render(
+        log::Level::Warn,
+        &format!(
+            "{lost} log lines lost: syslog did not take them in time, or more than {} KiB waited to be sent",
+            MAX_WAITING_BYTES >> 10
+        ),
+    )
+}
+
 /// Locks, even a mutex a panicking thread left poisoned: neither the sink nor the queue holds
 /// an invariant a half-finished operation could break.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -326,14 +339,7 @@ impl MailLog {
         skip_syslog: bool,
     ) -> bool {
         if sink.lost > 0 && !skip_syslog {
-            let report = render(
-                log::Level::Warn,
-                &format!(
-                    "{} log lines lost: syslog did not take them in time, or more than {} KiB waited to be sent",
-                    sink.lost,
-                    MAX_WAITING_BYTES >> 10
-                ),
-            );
+            let report = lost_report(sink.lost);
             let lost = std::mem::take(&mut sink.lost);
             let (sent, to_stderr) = self.emit(sink, log::Level::Warn, &report, false);
             if sent != Sent::Yes && !to_stderr {
@@ -906,6 +912,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[test]
+    fn the_lost_lines_warning() {
+        assert_eq!(
+            lost_report(3),
+            "warning: 3 log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent"
+        );
+    }
+
     /// Lines beyond the queue's bound are not kept, but counted, and the count is the first
     /// thing syslog hears afterwards.
     #[test]
@@ -925,13 +939,7 @@ mod tests {
         logger.write(log::Level::Info, "last".into());
         logger.drain();
         let got = reader.join().unwrap();
-        assert_eq!(
-            got[0],
-            format!(
-                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
-                total - kept
-            )
-        );
+        assert_eq!(got[0], lost_report((total - kept) as u64));
         assert_eq!(got.len(), 1 + kept + 1);
         assert!(got[1..=kept].iter().all(|l| *l == line));
         let _ = std::fs::remove_dir_all(dir);
@@ -970,13 +978,7 @@ mod tests {
         logger.write(log::Level::Info, "after".into());
         logger.drain();
         let got = collect_until(&server, "after");
-        assert_eq!(
-            got[0],
-            format!(
-                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
-                lines - taken
-            )
-        );
+        assert_eq!(got[0], lost_report((lines - taken) as u64));
         assert_eq!(got.len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -1021,13 +1023,7 @@ mod tests {
             taken < lines,
             "every line was sent: the budget did not hold"
         );
-        assert_eq!(
-            got[taken],
-            format!(
-                "warning: {} log lines lost: syslog did not take them in time, or more than 1024 KiB waited to be sent",
-                lines - taken
-            )
-        );
+        assert_eq!(got[taken], lost_report((lines - taken) as u64));
         assert_eq!(got.len(), taken + 2, "{got:?}");
         let _ = std::fs::remove_dir_all(dir);
     }

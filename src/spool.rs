@@ -69,9 +69,10 @@
 //! [`SPARE_MAX_BYTES`], [`Spool::retire_unsynced`] renames it to `queue/.spare.RANDOM`, and
 //! [`Spool::create_reusing`] writes the next message over it from the start and cuts it to
 //! its new length before the sync. A small message then allocates no inode (nor blocks, when
-//! it is no larger than the spare), and a delivered one frees none. That matters most on ext4 without a journal, where creating a
-//! file skips, one by one, every inode freed in the last minutes (`recently_deleted` in the
-//! kernel), and where a mount with `discard` makes every unlink wait for the device.
+//! it is no larger than the spare), and a delivered one frees none. That matters most on ext4
+//! without a journal, where creating a file skips, one by one, every inode freed in the last
+//! minutes (`recently_deleted` in the kernel), and where a mount with `discard` makes every
+//! unlink wait for the device.
 //!
 //! Safety: a spare is written over only after the directory fsync that made its rename
 //! durable; until then a crash could bring the delivered message back under its queue ID, and

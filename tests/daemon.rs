@@ -1010,7 +1010,6 @@ fn check_config_prints_settings_or_exits_78() {
 /// pipe, info lines would otherwise go nowhere), as smtp_bridge(8)'s example runs it.
 #[test]
 fn foreground_copies_the_log_to_stderr() {
-    use std::process::Stdio;
     let bridge = StandInBridge::start();
     let dir = TestDir::new("foreground");
     let port = common::free_port();
@@ -1019,40 +1018,17 @@ fn foreground_copies_the_log_to_stderr() {
         &bridge.url,
         &format!("listen = [\"127.0.0.1:{port}\"]"),
     );
-    let mut child = Command::new(common::daemon_bin())
-        .arg("-f")
-        .arg("-c")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + SOON;
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains(": ready")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let mut cmd = Command::new(common::daemon_bin());
+    cmd.arg("-f").arg("-c").arg(&config);
+    let mut d = Daemon::spawn(cmd, &config, port).unwrap_or_else(|e| panic!("{}", e.stderr));
+    d.wait_log(": ready", SOON);
+    let seen = d.log_lines();
     assert!(
         seen.iter()
             .any(|l| l.starts_with("smtp_bridge[") && l.ends_with(": ready")),
         "no ready line on stderr: {seen:?}"
     );
+    let status = d.stop();
     assert!(status.success(), "{status}");
 }
 

@@ -69,6 +69,13 @@ fn queue_message(spool: &Spool, env: &Envelope, body: &[u8]) -> QueueId {
     w.commit().unwrap()
 }
 
+/// Commits `body` in `queue/` over a spare from `spares` if one is ready, and returns its ID.
+fn queue_reusing(spool: &Spool, env: &Envelope, spares: &Spares, body: &[u8]) -> QueueId {
+    let mut w = spool.create_reusing(env, spares).unwrap();
+    w.write_all(body).unwrap();
+    w.commit().unwrap()
+}
+
 /// Commits `body` in `maildrop/` and returns its ID.
 fn drop_message(spool: &Spool, env: &Envelope, body: &[u8]) -> QueueId {
     let mut w = spool.create_maildrop(env).unwrap();
@@ -1071,9 +1078,7 @@ fn spares_left_by_a_previous_run_are_taken_up_and_odd_ones_removed() {
     assert!(spool.keep_spares(&other).unwrap().is_none());
     assert!(other.is_empty());
 
-    let mut w = spool.create_reusing(&env, &spares).unwrap();
-    w.write_all(b"new\r\n").unwrap();
-    let id = w.commit().unwrap();
+    let id = queue_reusing(&spool, &env, &spares, b"new\r\n");
     let path = queue.join(&id.0);
     assert_eq!(fs::metadata(path).unwrap().ino(), inode);
 }
@@ -1093,10 +1098,8 @@ fn a_spare_that_changed_is_not_written_over() {
     fs::remove_file(&linked).unwrap();
     std::os::unix::fs::symlink(&outside, &linked).unwrap();
 
-    let mut w = spool.create_reusing(&env, &spares).unwrap();
+    let id = queue_reusing(&spool, &env, &spares, b"fresh\r\n");
     assert!(spares.is_empty());
-    w.write_all(b"fresh\r\n").unwrap();
-    let id = w.commit().unwrap();
     assert_eq!(spool.read(&id, 100).unwrap().1, b"fresh\r\n");
     assert_eq!(fs::read(&outside).unwrap(), b"keep me");
     assert!(!linked.exists() && fs::symlink_metadata(&linked).is_err());
@@ -1117,9 +1120,7 @@ fn a_closed_pool_keeps_nothing() {
     let (late, len) = spool.retire_unsynced(&b, u64::MAX).unwrap().unwrap();
     spares.give(vec![(late.clone(), len)]);
     assert!(!late.exists());
-    let mut w = spool.create_reusing(&env, &spares).unwrap();
-    w.write_all(b"c\r\n").unwrap();
-    let id = w.commit().unwrap();
+    let id = queue_reusing(&spool, &env, &spares, b"c\r\n");
     assert_eq!(names(&spool.root().join("queue")), vec![id.0]);
 }
 
