@@ -216,11 +216,100 @@ pub fn via(origin: &Origin) -> String {
     }
 }
 
+/// Where the header section of `raw` really ends, made explicit: as Postfix's cleanup does,
+/// the headers stop at the first line that is neither a header field (`Name: value`, the
+/// name printable ASCII without spaces or `:`) nor the continuation of one, and a blank line
+/// is put there when the message has none. Input that does not start with a header (script
+/// output piped to `sendmail`: `Backup status: FAILED`) becomes all body. A leading mbox
+/// `From ` line counts as a header. Borrowed, untouched, when the headers end properly.
+pub fn close_header_section(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut start = 0usize;
+    let mut first = true;
+    while start < raw.len() {
+        let end = raw[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| start + p);
+        let line = &raw[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return raw.into();
+        }
+        let is_header = if matches!(line[0], b' ' | b'\t') {
+            !first
+        } else {
+            (first && line.starts_with(b"From ")) || is_field(line)
+        };
+        if !is_header {
+            let mut closed = Vec::with_capacity(raw.len() + 1);
+            closed.extend_from_slice(&raw[..start]);
+            closed.push(b'\n');
+            closed.extend_from_slice(&raw[start..]);
+            return closed.into();
+        }
+        first = false;
+        start = end + 1;
+    }
+    raw.into()
+}
+
+/// Whether `line` starts a header field: a name of printable ASCII other than `:` (spaces
+/// and tabs allowed only between it and the colon, the obsolete syntax), then `:`.
+fn is_field(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = &line[..colon];
+    let name_end = name
+        .iter()
+        .rposition(|&b| !matches!(b, b' ' | b'\t'))
+        .map_or(0, |p| p + 1);
+    name_end > 0 && name[..name_end].iter().all(|&b| (33..=126).contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn header_section_is_closed_where_postfix_closes_it() {
+        let cases: &[(&str, &str)] = &[
+            ("Subject: x\n\nbody\n", "Subject: x\n\nbody\n"),
+            (
+                "Subject: x\r\n folded\r\n\r\nbody",
+                "Subject: x\r\n folded\r\n\r\nbody",
+            ),
+            ("Subject: only headers", "Subject: only headers"),
+            ("", ""),
+            (
+                "Backup status: FAILED\nHost: web1\n\nrsync",
+                "\nBackup status: FAILED\nHost: web1\n\nrsync",
+            ),
+            (
+                "To: root\nBackup status: FAILED\n\nrsync",
+                "To: root\n\nBackup status: FAILED\n\nrsync",
+            ),
+            (
+                "Subject: x\nthis is the body\n",
+                "Subject: x\n\nthis is the body\n",
+            ),
+            (" indented first\n", "\n indented first\n"),
+            ("hello there\n", "\nhello there\n"),
+            (":no name\n", "\n:no name\n"),
+            ("Subject : obsolete\n\nb", "Subject : obsolete\n\nb"),
+            (
+                "From root Tue Nov 24 10:00:00 2026\nSubject: x\n\nb",
+                "From root Tue Nov 24 10:00:00 2026\nSubject: x\n\nb",
+            ),
+            ("Subject: x\nFrom nobody\n", "Subject: x\n\nFrom nobody\n"),
+        ];
+        for (input, want) in cases {
+            let got = close_header_section(input.as_bytes());
+            assert_eq!(String::from_utf8_lossy(&got), *want, "{input:?}");
+        }
+    }
 
     fn envelope(sender: &str, origin: Origin) -> Envelope {
         Envelope {

@@ -6,6 +6,8 @@
 //! comments), keeps what they can (text, list bullets, paragraph breaks, link targets), and
 //! leaves final whitespace tidying to [`super::text::tidy`].
 
+use super::entities::{ENTITIES, SEMICOLON_OPTIONAL};
+
 /// How much vertical space the next piece of text must be preceded by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Break {
@@ -19,7 +21,7 @@ enum Break {
 /// `head` itself is not here: HTML allows omitting `</head>`, and skipping to an end tag that
 /// never comes would lose the whole body; its `title`, `style` and `script` are skipped one
 /// by one instead, and `meta`/`link` have no content.
-const SKIPPED: &[&str] = &["script", "style", "title", "template"];
+const SKIPPED: &[&str] = &["script", "style", "title", "template", "svg"];
 
 /// Elements that start and end a paragraph (a blank line around them).
 const PARAGRAPH: &[&str] = &[
@@ -66,6 +68,9 @@ const LINE: &[&str] = &[
     "html",
     "details",
     "summary",
+    "select",
+    "option",
+    "textarea",
 ];
 
 /// An open `<a href>` whose text is being collected, to append the URL after it.
@@ -201,6 +206,14 @@ impl Converter {
         if !closing && SKIPPED.contains(&name.as_str()) {
             return skip_element(rest, &name);
         }
+        if !closing && is_hidden(attrs) {
+            // A newsletter's preheader (`display:none`, padded with invisible characters):
+            // skipped up to its end tag, but only when there is one, so that a hidden
+            // element left open never hides the rest of the message.
+            if let Some(after) = after_end_tag(rest, &name) {
+                return after;
+            }
+        }
         self.element(&name, closing, attrs);
         rest
     }
@@ -235,7 +248,7 @@ impl Converter {
                 self.close_link();
                 if let Some(href) = attribute(attrs, "href") {
                     self.link = Some(OpenLink {
-                        href: decode_entities(href.trim()).into_owned(),
+                        href: decode_attribute(href.trim()).into_owned(),
                         start: self.out.len(),
                     });
                 }
@@ -243,7 +256,7 @@ impl Converter {
             "a" => self.close_link(),
             "img" => {
                 if let Some(alt) = attribute(attrs, "alt") {
-                    let alt = decode_entities(alt.trim()).into_owned();
+                    let alt = decode_attribute(alt.trim()).into_owned();
                     if !alt.is_empty() {
                         self.pending_space = true;
                         self.text_verbatim(&alt);
@@ -333,6 +346,11 @@ fn split_tag(s: &str) -> (&str, &str) {
 /// Skips the content of an element that is never shown, up to its end tag (or the end of the
 /// input when it has none).
 fn skip_element<'a>(s: &'a str, name: &str) -> &'a str {
+    after_end_tag(s, name).unwrap_or("")
+}
+
+/// What follows the first end tag of `name` in `s`, if there is one.
+fn after_end_tag<'a>(s: &'a str, name: &str) -> Option<&'a str> {
     let close = format!("</{name}");
     let mut from = 0;
     while let Some(pos) = find_ascii_ci(&s[from..], &close) {
@@ -342,14 +360,28 @@ fn skip_element<'a>(s: &'a str, name: &str) -> &'a str {
         if after.starts_with(|c: char| c == '>' || c.is_whitespace() || c == '/')
             || after.is_empty()
         {
-            return match after.find('>') {
+            return Some(match after.find('>') {
                 Some(gt) => &after[gt + 1..],
                 None => "",
-            };
+            });
         }
         from = at + close.len();
     }
-    ""
+    None
+}
+
+/// Whether a start tag's `style` hides the element (`display:none`, spaces and case aside).
+fn is_hidden(attrs: &str) -> bool {
+    attribute(attrs, "style").is_some_and(|style| {
+        let style: String = style
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        style
+            .split(';')
+            .any(|decl| decl.starts_with("display:none"))
+    })
 }
 
 /// Finds an ASCII `needle` in `hay` ignoring ASCII case; the result is a char boundary.
@@ -402,84 +434,21 @@ fn attribute<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
-/// Named entities common in mail. Anything else is left as written.
-const ENTITIES: &[(&str, char)] = &[
-    ("amp", '&'),
-    ("lt", '<'),
-    ("gt", '>'),
-    ("quot", '"'),
-    ("apos", '\''),
-    ("nbsp", '\u{a0}'),
-    ("shy", '\u{ad}'),
-    ("copy", '©'),
-    ("reg", '®'),
-    ("trade", '™'),
-    ("hellip", '…'),
-    ("mdash", '—'),
-    ("ndash", '–'),
-    ("lsquo", '‘'),
-    ("rsquo", '’'),
-    ("sbquo", '‚'),
-    ("ldquo", '“'),
-    ("rdquo", '”'),
-    ("bdquo", '„'),
-    ("laquo", '«'),
-    ("raquo", '»'),
-    ("lsaquo", '‹'),
-    ("rsaquo", '›'),
-    ("bull", '•'),
-    ("middot", '·'),
-    ("deg", '°'),
-    ("plusmn", '±'),
-    ("times", '×'),
-    ("divide", '÷'),
-    ("euro", '€'),
-    ("pound", '£'),
-    ("yen", '¥'),
-    ("cent", '¢'),
-    ("sect", '§'),
-    ("para", '¶'),
-    ("dagger", '†'),
-    ("larr", '←'),
-    ("rarr", '→'),
-    ("uarr", '↑'),
-    ("darr", '↓'),
-    ("iexcl", '¡'),
-    ("iquest", '¿'),
-    ("szlig", 'ß'),
-    ("auml", 'ä'),
-    ("ouml", 'ö'),
-    ("uuml", 'ü'),
-    ("Auml", 'Ä'),
-    ("Ouml", 'Ö'),
-    ("Uuml", 'Ü'),
-    ("aacute", 'á'),
-    ("eacute", 'é'),
-    ("iacute", 'í'),
-    ("oacute", 'ó'),
-    ("uacute", 'ú'),
-    ("Eacute", 'É'),
-    ("agrave", 'à'),
-    ("egrave", 'è'),
-    ("ugrave", 'ù'),
-    ("acirc", 'â'),
-    ("ecirc", 'ê'),
-    ("ocirc", 'ô'),
-    ("ccedil", 'ç'),
-    ("ntilde", 'ñ'),
-    ("zwnj", '\u{200c}'),
-    ("zwj", '\u{200d}'),
-    ("ensp", ' '),
-    ("emsp", ' '),
-    ("thinsp", ' '),
-];
-
-/// Entities browsers accept without the closing `;` (legacy HTML), limited to ones that
-/// cannot be mistaken for the start of a longer name in ordinary text such as URLs.
-const SEMICOLON_OPTIONAL: &[&str] = &["amp", "lt", "gt", "quot", "nbsp"];
-
-/// Decodes character references (`&amp;`, `&#233;`, `&#x1F600;`); unknown ones stay as is.
+/// Decodes character references in text (`&amp;`, `&eacute;`, `&#233;`, `&#x1F600;`, and
+/// the legacy ones browsers accept without `;`, as in `&nbsp10`); unknown ones stay as
+/// written.
 pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
+    decode_references(s, false)
+}
+
+/// [`decode_entities`] for an attribute value (a link): as in browsers, a legacy reference
+/// without `;` followed by a letter, digit or `=` is left alone, so that the query string
+/// `?a=1&copy=2` stays intact.
+pub fn decode_attribute(s: &str) -> std::borrow::Cow<'_, str> {
+    decode_references(s, true)
+}
+
+fn decode_references(s: &str, in_attribute: bool) -> std::borrow::Cow<'_, str> {
     if !s.contains('&') {
         return s.into();
     }
@@ -488,11 +457,8 @@ pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        match decode_one(&rest[1..]) {
-            Some((ch, used)) => {
-                out.push(ch);
-                rest = &rest[1 + used..];
-            }
+        match decode_one(&rest[1..], in_attribute, &mut out) {
+            Some(used) => rest = &rest[1 + used..],
             None => {
                 out.push('&');
                 rest = &rest[1..];
@@ -503,8 +469,9 @@ pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Decodes the reference after a `&`; returns the character and the bytes consumed.
-fn decode_one(s: &str) -> Option<(char, usize)> {
+/// Decodes the reference after a `&` onto `out`; returns the bytes consumed, or `None` (and
+/// writes nothing) when it is not one.
+fn decode_one(s: &str, in_attribute: bool, out: &mut String) -> Option<usize> {
     if let Some(num) = s.strip_prefix('#') {
         let (digits, radix, skip) = match num.strip_prefix(['x', 'X']) {
             Some(hex) => (hex, 16, 2),
@@ -517,26 +484,53 @@ fn decode_one(s: &str) -> Option<(char, usize)> {
             return None;
         }
         let value = u32::from_str_radix(&digits[..len], radix).ok()?;
-        // Control characters and invalid scalars become U+FFFD, as browsers do.
-        let ch = match char::from_u32(value) {
-            Some(c) if !c.is_control() || c == '\n' || c == '\t' => c,
-            _ => '\u{fffd}',
-        };
         let semi = usize::from(digits[len..].starts_with(';'));
-        return Some((ch, skip + len + semi));
+        out.push(numeric_reference(value));
+        return Some(skip + len + semi);
     }
     let len = s
         .find(|c: char| !c.is_ascii_alphanumeric())
         .unwrap_or(s.len());
     let name = &s[..len];
-    let with_semi = s[len..].starts_with(';');
-    let ch = ENTITIES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)?;
-    if with_semi {
-        Some((ch, len + 1))
-    } else if SEMICOLON_OPTIONAL.contains(&name) {
-        Some((ch, len))
-    } else {
-        None
+    if s[len..].starts_with(';') {
+        if let Ok(i) = ENTITIES.binary_search_by(|(n, _)| n.cmp(&name)) {
+            out.push_str(ENTITIES[i].1);
+            return Some(len + 1);
+        }
+    }
+    // The longest legacy name the text starts with (`&notit;` is `¬it;` in browsers).
+    let legacy = (2..=len.min(LONGEST_LEGACY))
+        .rev()
+        .map(|l| &name[..l])
+        .find(|prefix| SEMICOLON_OPTIONAL.binary_search(prefix).is_ok())?;
+    let next = s[legacy.len()..].chars().next();
+    if in_attribute && next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '=') {
+        return None;
+    }
+    let i = ENTITIES.binary_search_by(|(n, _)| n.cmp(&legacy)).ok()?;
+    out.push_str(ENTITIES[i].1);
+    Some(legacy.len())
+}
+
+/// The longest name in [`SEMICOLON_OPTIONAL`] (`middot`, `curren`, …).
+const LONGEST_LEGACY: usize = 6;
+
+/// The character a numeric reference stands for, as browsers read it: 128–159 through
+/// Windows-1252 (`&#150;` is `–`, what the page's author meant), and control characters,
+/// surrogates and values beyond Unicode as U+FFFD.
+fn numeric_reference(value: u32) -> char {
+    const WINDOWS_1252: [u32; 32] = [
+        0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039,
+        0x152, 0x8d, 0x17d, 0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014,
+        0x2dc, 0x2122, 0x161, 0x203a, 0x153, 0x9d, 0x17e, 0x178,
+    ];
+    let value = match value {
+        0x80..=0x9f => WINDOWS_1252[(value - 0x80) as usize],
+        _ => value,
+    };
+    match char::from_u32(value) {
+        Some(c) if !c.is_control() || c == '\n' || c == '\t' => c,
+        _ => '\u{fffd}',
     }
 }
 

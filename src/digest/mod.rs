@@ -7,11 +7,13 @@
 //! truncated, binary or hostile input still yields a digest. It knows nothing of transport,
 //! so the daemon, the `sendmail` shim and `mailq` share it.
 //!
-//! Submodules, one job each: [`html`] converts HTML to text, [`text`] cleans and bounds
+//! Submodules, one job each: [`html`] converts HTML to text (with `entities`, the table of
+//! HTML's named character references), [`text`] cleans and bounds
 //! text, `headers` formats the header and envelope lines, `parts` picks the body and
 //! lists attachments, `guard` keeps nested messages from reaching the parser (whose
 //! recursion on them can overflow the stack).
 
+mod entities;
 mod guard;
 mod headers;
 pub mod html;
@@ -23,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use mail_parser::{HeaderName, Message, MessageParser};
 
 use crate::envelope::Envelope;
-use text::{cap_chars, human_size, one_line, tidy};
+use text::{cap_body, human_size, one_line, tidy};
 
 /// At most this many bytes of a message are parsed for its digest, whatever its size, so
 /// that memory stays bounded; the digest says when the message went on beyond it.
@@ -41,7 +43,8 @@ pub const MAX_ENVELOPE_RECIPIENTS_SHOWN: usize = 10;
 /// How a digest is built.
 #[derive(Debug, Clone)]
 pub struct DigestOptions {
-    /// Body characters shown before the "N more characters not shown" line.
+    /// Body characters shown; a longer body shows its start and its end around an "N more
+    /// characters not shown" line.
     pub max_body_chars: usize,
     /// Our host name, for synthesized `From:` (`user@hostname`).
     pub hostname: String,
@@ -83,9 +86,13 @@ pub struct Digest {
     pub envelope_recipients_more: usize,
     /// Whether the envelope had no recipients at all.
     pub no_recipients: bool,
-    /// The decoded, readable body text, already capped.
+    /// The decoded, readable body text, already capped: all of it, or its start when it was
+    /// longer than `max_body_chars` (see [`text::cap_body`]).
     pub body: String,
-    /// How many body characters were cut by the cap.
+    /// The end of a body longer than `max_body_chars`, shown after the "not shown" line
+    /// (where a script's output says how it ended); empty otherwise.
+    pub body_tail: String,
+    /// How many body characters were left out between `body` and `body_tail`.
     pub body_chars_cut: usize,
     /// Attachments: name, MIME type and size in bytes, at most [`MAX_ATTACHMENTS_SHOWN`].
     pub attachments: Vec<Attachment>,
@@ -121,7 +128,8 @@ impl Digest {
         // The bound is ours to keep even if a caller passes more than it should.
         let total_size = total_size.max(raw.len() as u64);
         let raw = &raw[..raw.len().min(MAX_PARSE_BYTES)];
-        let input = guard::defuse(raw);
+        let closed = headers::close_header_section(raw);
+        let input = guard::defuse(&closed);
 
         // mail-parser is third-party code fed untrusted bytes: if it ever panics, the owner
         // still gets the message as raw text rather than nothing.
@@ -224,6 +232,9 @@ impl Digest {
                 "",
                 &format!("\n[… {} more characters not shown]", self.body_chars_cut),
             );
+            if !self.body_tail.is_empty() {
+                line(&mut out, "\n", &self.body_tail);
+            }
         }
         if self.total_size > self.bytes_parsed {
             line(
@@ -335,13 +346,12 @@ fn from_message(
     );
 
     let mut body_text = body.text;
-    if body_text.is_empty() && attachments.is_empty() && !has_known_header(msg) {
-        // mail-parser takes any line for a header ("hello there" becomes a header named
-        // "hellothere"); when it recognised nothing, the input was not a message at all,
-        // and its text is all the owner can be shown.
-        body_text = tidy(&String::from_utf8_lossy(&msg.raw_message));
+    if attachments.is_empty() && !has_known_header(msg) {
+        // Lines that only look like headers (`Error: disk full` from a script) and no header
+        // any mailer writes: the input was not a message, and all of it is the text.
+        body_text = tidy(&text::decode_guessing(&msg.raw_message));
     }
-    let (shown_body, body_chars_cut) = cap_chars(&body_text, opts.max_body_chars);
+    let (shown_body, body_tail, body_chars_cut) = cap_body(&body_text, opts.max_body_chars);
 
     let mut digest = Digest {
         subject,
@@ -360,6 +370,7 @@ fn from_message(
         envelope_recipients_more: 0,
         no_recipients: false,
         body: shown_body.to_string(),
+        body_tail: body_tail.to_string(),
         body_chars_cut,
         attachments,
         attachments_more,
@@ -386,8 +397,8 @@ fn has_known_header(msg: &Message<'_>) -> bool {
 /// The digest of input the parser found no headers in: the bytes as text, with From and
 /// Date from the envelope.
 fn from_unparsed(raw: &[u8], envelope: &Envelope, opts: &DigestOptions) -> Digest {
-    let text = tidy(&String::from_utf8_lossy(raw));
-    let (body, body_chars_cut) = cap_chars(&text, opts.max_body_chars);
+    let text = tidy(&text::decode_guessing(raw));
+    let (body, body_tail, body_chars_cut) = cap_body(&text, opts.max_body_chars);
     let (from, from_note) = headers::synthesized_from(envelope, &opts.hostname);
     let mut digest = Digest {
         subject: String::new(),
@@ -406,6 +417,7 @@ fn from_unparsed(raw: &[u8], envelope: &Envelope, opts: &DigestOptions) -> Diges
         envelope_recipients_more: 0,
         no_recipients: false,
         body: body.to_string(),
+        body_tail: body_tail.to_string(),
         body_chars_cut,
         attachments: Vec::new(),
         attachments_more: 0,

@@ -5,12 +5,15 @@
 //! lists of part indices, so nothing here recurses; a nested `message/rfc822` is looked into
 //! one level only, for its subject and sender.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
+use mail_parser::decoders::base64::base64_decode;
 use mail_parser::decoders::charsets::map::charset_decoder;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
-use super::text::{decode_legacy, lenient_base64, one_line, tidy};
+use super::text::{decode_guessing, decode_legacy, lenient_base64, one_line, tidy};
 use super::Attachment;
 use super::{guard, html};
 
@@ -117,6 +120,9 @@ fn own_body(msg: &Message<'_>) -> Body {
 /// as text/plain, text/html, nothing, or multipart (a multipart whose boundary never occurs
 /// is just text), such as a body whose base64 was cut short.
 fn is_stray_text(p: &MessagePart<'_>) -> bool {
+    if is_readable_binary(p) {
+        return true;
+    }
     matches!(p.body, PartType::Text(_) | PartType::Html(_))
         && p.attachment_name().is_none()
         && !p.content_disposition().is_some_and(|d| d.is_attachment())
@@ -125,6 +131,28 @@ fn is_stray_text(p: &MessagePart<'_>) -> bool {
                 || ct.ctype().eq_ignore_ascii_case("text")
                     && ct.subtype().is_none_or(|s| {
                         s.eq_ignore_ascii_case("plain") || s.eq_ignore_ascii_case("html")
+                    })
+        })
+}
+
+/// Whether a part the parser kept as bytes is text meant for a person: a delivery or read
+/// report's status fields (`message/delivery-status`: the failed recipient and the reason,
+/// all a bounce without a text part says), or a multipart whose boundary is missing, which
+/// the parser cannot split and is just text.
+fn is_readable_binary(p: &MessagePart<'_>) -> bool {
+    matches!(p.body, PartType::Binary(_) | PartType::InlineBinary(_))
+        && p.attachment_name().is_none()
+        && p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                || ct.ctype().eq_ignore_ascii_case("message")
+                    && ct.subtype().is_some_and(|s| {
+                        [
+                            "delivery-status",
+                            "global-delivery-status",
+                            "disposition-notification",
+                        ]
+                        .iter()
+                        .any(|t| s.eq_ignore_ascii_case(t))
                     })
         })
 }
@@ -151,9 +179,14 @@ fn collect(msg: &Message<'_>, ids: impl Iterator<Item = u32>, body: &mut Body) {
 
 /// The tidied text of one text or HTML part; `None` for parts that hold no text.
 fn part_text(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<String> {
+    let bytes_as_text;
     let (raw, is_html) = match &part.body {
         PartType::Text(t) => (t.as_ref(), false),
         PartType::Html(h) => (h.as_ref(), true),
+        PartType::Binary(b) | PartType::InlineBinary(b) if is_readable_binary(part) => {
+            bytes_as_text = decode_guessing(b);
+            (bytes_as_text.as_ref(), false)
+        }
         _ => return None,
     };
     let is_html = is_html || part.is_content_type("text", "html");
@@ -163,7 +196,7 @@ fn part_text(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<String> {
         // decode what is there so the reader sees words, not base64.
         repaired = decode_repaired(part, &lenient_base64(raw.as_bytes()));
         repaired.as_str()
-    } else if let Some(legacy) = undeclared_legacy(msg, part, raw) {
+    } else if let Some(legacy) = redecoded(msg, part, raw) {
         repaired = legacy;
         repaired.as_str()
     } else {
@@ -176,20 +209,86 @@ fn part_text(msg: &Message<'_>, part: &MessagePart<'_>) -> Option<String> {
     })
 }
 
-/// The text of an unencoded 8-bit part that declares no charset and is not UTF-8 (old
-/// mailers and scripts writing Latin-1), decoded as Windows-1252 instead of showing
-/// replacement characters; `None` when that does not apply.
-fn undeclared_legacy(msg: &Message<'_>, part: &MessagePart<'_>, decoded: &str) -> Option<String> {
-    let declared = part
-        .content_type()
-        .is_some_and(|ct| ct.attribute("charset").is_some());
-    if declared || part.encoding != Encoding::None || !decoded.contains('\u{fffd}') {
+/// The text of a part whose bytes contradict its declared charset, decoded as what they
+/// are; `None` when the parser's reading stands:
+///
+/// - Labelled ASCII or a single-byte charset (Latin-1, Windows-1252, KOI8-R…) but valid
+///   UTF-8 with non-ASCII characters: UTF-8. Cron in the C locale labels its mail
+///   `ANSI_X3.4-1968` whatever the command printed, and text in a legacy charset is valid
+///   UTF-8 with multibyte sequences only by a rare accident.
+/// - Labelled UTF-8, an unknown charset or none, but not UTF-8 and holding no UTF-8
+///   sequence at all: Windows-1252, the superset of Latin-1 that such mail nearly always
+///   is (see [`decode_legacy`]), instead of replacement characters.
+///
+/// Multibyte and stateful charsets (Shift_JIS, ISO-2022-JP, UTF-16…) are left as declared.
+fn redecoded(msg: &Message<'_>, part: &MessagePart<'_>, decoded: &str) -> Option<String> {
+    let label = part.content_type().and_then(|ct| ct.attribute("charset"));
+    let suspicious = match charset_class(label) {
+        CharsetClass::SingleByte => !decoded.is_ascii(),
+        CharsetClass::Utf8OrUnknown => decoded.contains('\u{fffd}'),
+        CharsetClass::Other => false,
+    };
+    if !suspicious {
         return None;
     }
-    let bytes = msg
+    let bytes = transfer_decoded(msg, part)?;
+    match (std::str::from_utf8(&bytes), charset_class(label)) {
+        (Ok(utf8), CharsetClass::SingleByte) => Some(utf8.to_owned()),
+        (Err(_), CharsetClass::Utf8OrUnknown) => decode_legacy(&bytes),
+        _ => None,
+    }
+}
+
+/// What a declared charset says about how far its label can be trusted.
+#[derive(Debug, PartialEq)]
+enum CharsetClass {
+    /// ASCII or a single-byte charset: bytes that are valid UTF-8 are UTF-8 mislabelled.
+    SingleByte,
+    /// UTF-8, none, or a name no decoder knows.
+    Utf8OrUnknown,
+    /// A multibyte or stateful charset, taken as declared.
+    Other,
+}
+
+fn charset_class(label: Option<&str>) -> CharsetClass {
+    const SINGLE_BYTE: &[&str] = &[
+        "us-ascii",
+        "ascii",
+        "ansi_x3.4",
+        "iso646",
+        "iso-8859",
+        "iso8859",
+        "iso_8859",
+        "latin",
+        "windows-125",
+        "cp125",
+        "koi8",
+    ];
+    let Some(label) = label else {
+        return CharsetClass::Utf8OrUnknown;
+    };
+    let name = label.trim().trim_matches('"').to_ascii_lowercase();
+    let name = name.strip_prefix("x-").unwrap_or(&name);
+    if SINGLE_BYTE.iter().any(|p| name.starts_with(p)) {
+        CharsetClass::SingleByte
+    } else if name == "utf-8" || name == "utf8" || charset_decoder(name.as_bytes()).is_none() {
+        CharsetClass::Utf8OrUnknown
+    } else {
+        CharsetClass::Other
+    }
+}
+
+/// A part's body with its transfer encoding undone but no charset applied; `None` when
+/// it cannot be decoded (the parser's reading then stands).
+fn transfer_decoded<'a>(msg: &'a Message<'_>, part: &MessagePart<'_>) -> Option<Cow<'a, [u8]>> {
+    let raw = msg
         .raw_message
         .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)?;
-    decode_legacy(bytes)
+    match part.encoding {
+        Encoding::None => Some(Cow::Borrowed(raw)),
+        Encoding::QuotedPrintable => quoted_printable_decode(raw).map(Cow::Owned),
+        Encoding::Base64 => base64_decode(raw).map(Cow::Owned),
+    }
 }
 
 /// Whether the part's Content-Transfer-Encoding header says base64 (mail-parser resets

@@ -288,6 +288,7 @@ fn body_capped_by_characters() {
     let raw = format!(
         "From: a@example.org\nSubject: long\nContent-Type: text/plain; charset=utf-8\n\n{body}\n"
     );
+    // Over the cap: the first three quarters and the last quarter, around the note.
     let cases: &[(usize, usize, usize)] = &[(100, 100, 9_900), (10_000, 10_000, 0), (0, 0, 10_000)];
     for &(max, kept, cut) in cases {
         let d = Digest::build(
@@ -297,7 +298,10 @@ fn body_capped_by_characters() {
             &opts(max),
         );
         assert_eq!(
-            (d.body.chars().count(), d.body_chars_cut),
+            (
+                d.body.chars().count() + d.body_tail.chars().count(),
+                d.body_chars_cut
+            ),
             (kept, cut),
             "max {max}"
         );
@@ -388,7 +392,7 @@ fn full_name_names_a_synthesized_from() {
         (
             b"Subject: s\n\nhello\n",
             "Jane\r\nSubject: forged\u{1b}[2J\u{0}\u{202e}\t x",
-            "\nFrom: Jane Subject: forged[2J x <jane@x> (not in message; envelope sender)\n",
+            "\nFrom: Jane Subject: forged x <jane@x> (not in message; envelope sender)\n",
         ),
         // A name with nothing to show is no name.
         (
@@ -586,7 +590,7 @@ fn hostile_and_broken_input_never_fails() {
         (
             "nul bytes",
             b"Subject: a\x00b\n\nbo\x00dy\x1b[2J\n".to_vec(),
-            Some("body[2J"),
+            Some("\n\nbody"),
         ),
         (
             "many headers",
@@ -624,4 +628,172 @@ fn oversized_raw_is_clipped_by_build_itself() {
     assert_eq!(d.bytes_parsed, MAX_PARSE_BYTES as u64);
     assert_eq!(d.total_size, raw.len() as u64);
     assert!(d.render().contains("only its first 4.0 MiB were read"));
+}
+
+#[test]
+fn a_long_body_ends_with_its_last_lines() {
+    let mut body: String = (0..500).map(|i| format!("progress line {i}\n")).collect();
+    body.push_str("ERROR: checksum mismatch, backup NOT saved\n");
+    let raw = format!("Subject: backup\n\n{body}");
+    let d = Digest::build(
+        raw.as_bytes(),
+        raw.len() as u64,
+        &local_envelope(),
+        &opts(400),
+    );
+    let r = assert_sane(&d, 400);
+    let body = body_of(&r);
+    let note = format!("\n\n[… {} more characters not shown]\n\n", d.body_chars_cut);
+    let (head, tail) = body.split_once(&note).expect(&r);
+    assert!(
+        head.starts_with("progress line 0\n") && head.ends_with(char::is_numeric),
+        "{r}"
+    );
+    assert!(
+        tail.ends_with("\nERROR: checksum mismatch, backup NOT saved"),
+        "{r}"
+    );
+    assert!(!tail.starts_with('\n') && !head.contains("\n\n"), "{r}");
+}
+
+/// A message's label, its bytes, phrases its digest body must hold, and phrases its digest
+/// must not.
+type BodyCase<'a> = (&'a str, &'a [u8], &'a [&'a str], &'a [&'a str]);
+
+/// Checks that each message's digest body contains every wanted phrase and none of the
+/// unwanted ones.
+fn assert_bodies(cases: &[BodyCase<'_>]) {
+    for (what, raw, wanted, unwanted) in cases {
+        let d = digest(raw);
+        let r = assert_sane(&d, 4000);
+        for w in *wanted {
+            assert!(body_of(&r).contains(w), "{what}: {w:?} not in {r}");
+        }
+        for u in *unwanted {
+            assert!(!r.contains(u), "{what}: {u:?} in {r}");
+        }
+    }
+}
+
+#[test]
+fn charsets_that_contradict_the_bytes() {
+    assert_bodies(&[
+        (
+            "cron in the C locale: ASCII label, UTF-8 output",
+            "Subject: Cron <root@box> certbot\nContent-Type: text/plain; charset=ANSI_X3.4-1968\n\
+Content-Transfer-Encoding: 8bit\n\n– Certificate for café ✓\n└─ /etc/letsencrypt\n"
+                .as_bytes(),
+            &["– Certificate for café ✓", "└─ /etc"],
+            &["Ã", "â€"],
+        ),
+        (
+            "Latin-1 label, UTF-8 in quoted-printable",
+            b"Subject: x\nContent-Type: text/plain; charset=iso-8859-1\n\
+Content-Transfer-Encoding: quoted-printable\n\nGr=C3=BC=C3=9Fe\n",
+            &["Grüße"],
+            &["Ã"],
+        ),
+        (
+            "Latin-1 label, Latin-1 bytes: as declared",
+            b"Subject: x\nContent-Type: text/plain; charset=iso-8859-1\n\nGr\xfc\xdfe\n",
+            &["Grüße"],
+            &["\u{fffd}"],
+        ),
+        (
+            "unknown charset, Latin-1 bytes",
+            b"Subject: x\nContent-Type: text/plain; charset=x-unknown-foo\n\nGr\xfc\xdfe aus K\xf6ln\n",
+            &["Grüße aus Köln"],
+            &["\u{fffd}"],
+        ),
+        (
+            "UTF-8 label, Latin-1 bytes in base64",
+            b"Subject: x\nContent-Type: text/plain; charset=utf-8\n\
+Content-Transfer-Encoding: base64\n\nR3L831wgYXVzIEv2bG4K\n",
+            &["Gr\u{fc}\u{df}\\ aus K\u{f6}ln"],
+            &["\u{fffd}"],
+        ),
+        (
+            "UTF-8 label, mostly UTF-8 with one bad byte: lossy, not reinterpreted",
+            b"Subject: x\nContent-Type: text/plain; charset=utf-8\n\ncaf\xc3\xa9 \xff\n",
+            &["café \u{fffd}"],
+            &[],
+        ),
+        (
+            "KOI8-R as declared",
+            b"Subject: x\nContent-Type: text/plain; charset=koi8-r\n\n\xf0\xd2\xc9\xd7\xc5\xd4\n",
+            &["Привет"],
+            &[],
+        ),
+    ]);
+}
+
+#[test]
+fn script_output_that_only_looks_like_headers() {
+    assert_bodies(&[
+        (
+            "not a header line first: all of it is text",
+            b"Backup status: FAILED\nHost: web1\n\nrsync exited with code 23\n",
+            &["Backup status: FAILED\nHost: web1\n\nrsync exited with code 23"],
+            &[],
+        ),
+        (
+            "valid-looking fields no mailer writes: shown as text",
+            b"Error: disk full\nWarning: inode usage 99%\n\nmore text\n",
+            &["Error: disk full\nWarning: inode usage 99%\n\nmore text"],
+            &[],
+        ),
+        (
+            "headers, then text without a blank line",
+            b"To: root\nSubject: nightly\nBackup status: FAILED\n\nrsync exited\n",
+            &["Backup status: FAILED\n\nrsync exited"],
+            &[],
+        ),
+    ]);
+    let d = digest(b"To: root\nSubject: nightly\nBackup status: FAILED\n");
+    assert_eq!(d.subject, "nightly");
+}
+
+#[test]
+fn reports_and_broken_multiparts_show_their_text() {
+    assert_bodies(&[
+        (
+            "a bounce with only the status fields",
+            b"Subject: Undelivered\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\n\n\
+--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\n\
+Final-Recipient: rfc822; nobody@example.com\nAction: failed\nStatus: 5.1.1\n\
+Diagnostic-Code: smtp; 550 5.1.1 User unknown\n\
+--b\nContent-Type: message/rfc822\n\nSubject: orig\nFrom: t@example.org\n\norig body\n--b--\n",
+            &["Final-Recipient: rfc822; nobody@example.com", "550 5.1.1 User unknown"],
+            &["orig body", "[text of the attached message]"],
+        ),
+        (
+            "multipart without a boundary",
+            b"Subject: x\nContent-Type: multipart/mixed\n\nText here\n",
+            &["Text here"],
+            &["(no text in this message)"],
+        ),
+    ]);
+}
+
+#[test]
+fn html_entities_and_hidden_text() {
+    let html = "Subject: x\nContent-Type: text/html; charset=utf-8\n\n\
+<div style=\"display: none; max-height:0\">Preheader \u{200c}\u{34f} \u{200c}\u{34f}</div>\
+<p>&aring;&oslash;&AElig; &Ntilde;&hearts;&check;&frac12; &le;&minus; &nbsp10 &notit; &#150;&#128;</p>\
+<p><a href=\"https://x.example/?a=1&copy=2&amp;b=3\">link</a></p>\
+<svg><text>drawing</text></svg><select><option>one</option><option>two</option></select>\n";
+    assert_bodies(&[(
+        "entities",
+        html.as_bytes(),
+        &[
+            "åøÆ Ñ♥✓½ ≤−",
+            "10 ¬it; –€",
+            "link (https://x.example/?a=1&copy=2&b=3)",
+            "one\ntwo",
+        ],
+        &["Preheader", "drawing", "&aring", "&#", "&nbsp", "&not"],
+    )]);
+    // A hidden element that is never closed hides nothing.
+    let d = digest(b"Subject: x\nContent-Type: text/html\n\n<div style=display:none>still shown\n");
+    assert!(d.body.contains("still shown"), "{:?}", d.body);
 }

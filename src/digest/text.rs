@@ -10,17 +10,30 @@
 /// tokens and words in ordinary text are shorter than a MIME base64 line (76).
 const BASE64_LINE_MIN: usize = 60;
 
-/// Tidies decoded text for reading: CRLF and lone CR become `\n`, control characters other
-/// than `\n` and `\t` (and Unicode bidi overrides, which can disguise text in chat) are
-/// removed, trailing whitespace is trimmed from every line, runs of blank lines become one,
-/// leading and trailing blank lines go, and runs of base64 lines (an attachment that
-/// leaked into the text, e.g. through a broken boundary) become one `[… not shown]` line.
+/// Tidies decoded text for reading: CRLF becomes `\n`; a lone CR works as on a terminal (a
+/// progress bar redrawing its line leaves only what was written last), except in text with
+/// no line feed at all, where CR is the line end (classic Mac OS); U+2028 and U+2029 end
+/// lines too. Terminal escape sequences (colours, titles, cursor moves) and backspace
+/// overstrikes are undone; other control characters than `\t`, and characters that are
+/// invisible or disguise text (bidi controls, zero-width space, noncharacters), are removed;
+/// runs of more than [`MAX_BLANK_RUN`] spaces or tabs inside a line are shortened; trailing
+/// whitespace is trimmed from every line, runs of blank lines become one, leading and
+/// trailing blank lines go, and runs of base64 lines (an attachment that leaked into the
+/// text, e.g. through a broken boundary) become one `[… not shown]` line.
 pub fn tidy(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_run = 0usize;
     let mut base64_run = 0usize;
-    let normalised = s.replace("\r\n", "\n");
-    for raw_line in normalised.split(['\n', '\r']) {
+    let mut normalised = s.replace("\r\n", "\n");
+    if normalised.contains(['\u{2028}', '\u{2029}']) {
+        normalised = normalised.replace(['\u{2028}', '\u{2029}'], "\n");
+    }
+    let lines: Box<dyn Iterator<Item = &str>> = if normalised.contains('\n') {
+        Box::new(normalised.split('\n').map(last_written))
+    } else {
+        Box::new(normalised.split('\r'))
+    };
+    for raw_line in lines {
         let line = clean_line(raw_line);
         let line = line.trim_end();
         if is_base64_line(line) {
@@ -39,6 +52,21 @@ pub fn tidy(s: &str) -> String {
     let end = out.trim_end().len();
     out.truncate(end);
     out
+}
+
+/// Longest run of spaces and tabs kept inside a line: enough for any column layout, not
+/// enough for padding to push the rest of a message out of the digest.
+pub const MAX_BLANK_RUN: usize = 40;
+
+/// What a terminal would show of a line that carriage returns redrew: the last piece that
+/// is not blank.
+fn last_written(line: &str) -> &str {
+    if !line.contains('\r') {
+        return line;
+    }
+    line.rsplit('\r')
+        .find(|piece| !piece.trim().is_empty())
+        .unwrap_or("")
 }
 
 fn base64_note(lines: usize) -> String {
@@ -62,21 +90,110 @@ fn push_line(out: &mut String, blank_run: &mut usize, line: &str) {
     out.push_str(line);
 }
 
-/// Removes characters a reader cannot see or that mislead: control characters (except tab)
-/// and bidirectional overrides.
+/// Makes one line readable: escape sequences and backspace overstrikes undone (see
+/// [`without_escapes`]), unwanted characters removed, long blank runs shortened.
 fn clean_line(line: &str) -> std::borrow::Cow<'_, str> {
-    if line.chars().all(|c| !unwanted(c)) {
+    if line.chars().all(|c| !unwanted(c)) && !has_long_blank_run(line) {
         return line.into();
     }
-    line.chars()
-        .filter(|&c| !unwanted(c))
-        .collect::<String>()
-        .into()
+    let line = without_escapes(line);
+    let mut out = String::with_capacity(line.len());
+    let mut blanks = 0usize;
+    for c in line.chars().filter(|&c| !unwanted(c)) {
+        blanks = if c == ' ' || c == '\t' { blanks + 1 } else { 0 };
+        if blanks <= MAX_BLANK_RUN {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
+fn has_long_blank_run(line: &str) -> bool {
+    let mut blanks = 0usize;
+    line.bytes().any(|b| {
+        blanks = if b == b' ' || b == b'\t' {
+            blanks + 1
+        } else {
+            0
+        };
+        blanks > MAX_BLANK_RUN
+    })
+}
+
+/// Characters a reader cannot see or that mislead: control characters (except tab), bidi
+/// controls (overrides, isolates and marks), zero-width space, the byte order mark, and
+/// noncharacters.
 fn unwanted(c: char) -> bool {
     (c.is_control() && c != '\t')
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+        || matches!(
+            c,
+            '\u{200b}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fdd0}'..='\u{fdef}'
+        )
+        || (c as u32) & 0xfffe == 0xfffe
+}
+
+/// What a terminal shows of text written for one: ECMA-48 escape sequences removed whole
+/// (CSI such as colours `ESC [ 1;31m`, OSC such as window titles up to BEL or `ESC \\`,
+/// character set selections such as `ESC ( B`, and the other two-character ones), and a
+/// backspace erasing the character before it, so that overstrike (`N\bN`, `_\bx`, as in
+/// formatted man pages) shows each character once. Other control characters are left for
+/// the caller.
+pub fn without_escapes(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\u{1b}', '\u{8}', '\u{9b}']) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{8}' => {
+                out.pop();
+            }
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{1b}' => match chars.next() {
+                Some('[') => skip_csi(&mut chars),
+                // OSC, DCS, SOS, PM, APC: a string up to BEL or ST (`ESC \\`).
+                Some(']' | 'P' | 'X' | '^' | '_') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' || c == '\u{9c}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            if chars.peek() == Some(&'\\') {
+                                chars.next();
+                            }
+                            break;
+                        }
+                    }
+                }
+                // Intermediate bytes, then one final byte (`ESC ( B`, `ESC # 8`).
+                Some(' '..='/') => {
+                    while chars.next_if(|c| matches!(c, ' '..='/')).is_some() {}
+                    chars.next_if(|c| matches!(c, '0'..='~'));
+                }
+                // A two-character sequence (`ESC =`, `ESC M`, `ESC c`) or a lone ESC.
+                _ => {}
+            },
+            _ => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Skips a control sequence's parameter and intermediate bytes and its final byte.
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while chars
+        .next_if(|c| matches!(c, '0'..='?' | ' '..='/'))
+        .is_some()
+    {}
+    chars.next_if(|c| matches!(c, '@'..='~'));
 }
 
 /// Whether a line looks like part of a base64 body rather than text: long, no spaces, only
@@ -95,6 +212,7 @@ pub fn is_base64_line(line: &str) -> bool {
 /// Makes a header value one readable line of at most `max_chars` characters: whitespace runs
 /// (folding included) become one space, control characters go, and a cut is marked `…`.
 pub fn one_line(s: &str, max_chars: usize) -> String {
+    let s = without_escapes(s);
     let mut out = String::with_capacity(s.len().min(max_chars * 4));
     let mut space = false;
     let mut count = 0usize;
@@ -131,6 +249,41 @@ pub fn cap_chars(s: &str, max_chars: usize) -> (&str, usize) {
     }
 }
 
+/// Bounds a body to `max_chars` characters for reading. One that fits is kept whole; a
+/// longer one keeps its first three quarters and its last quarter (the end of a log or a
+/// script's output says how it ended), each cut at a line end when one falls in the second
+/// half of its share, so no half line is shown. Returns the start, the end (empty when
+/// nothing was cut or `max_chars` leaves no room for it) and how many characters were left
+/// out between them.
+pub fn cap_body(s: &str, max_chars: usize) -> (&str, &str, usize) {
+    let total = s.chars().count();
+    if total <= max_chars {
+        return (s, "", 0);
+    }
+    let tail_share = max_chars / 4;
+    let head_share = max_chars - tail_share;
+    let (mut head, _) = cap_chars(s, head_share);
+    if let Some(nl) = head.rfind('\n') {
+        if head[..nl].chars().count() >= head_share / 2 {
+            head = &head[..nl];
+        }
+    }
+    let head = head.trim_end();
+    let tail_start = s
+        .char_indices()
+        .nth(total - tail_share)
+        .map_or(s.len(), |(i, _)| i);
+    let mut tail = &s[tail_start..];
+    if let Some(nl) = tail.find('\n') {
+        if tail[..nl].chars().count() <= tail_share / 2 {
+            tail = &tail[nl + 1..];
+        }
+    }
+    let tail = tail.trim_start_matches('\n').trim_end();
+    let cut = total - head.chars().count() - tail.chars().count();
+    (head, tail, cut)
+}
+
 /// A size for people: `512 bytes`, `12.3 KiB`, `4.0 MiB`, `1.2 GiB`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -160,6 +313,15 @@ pub fn decode_legacy(bytes: &[u8]) -> Option<String> {
     }
     let decode = mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252")?;
     Some(decode(bytes))
+}
+
+/// Text of unknown charset: UTF-8 when it is, Windows-1252 when it holds no UTF-8 at all
+/// ([`decode_legacy`]), else UTF-8 with replacement characters.
+pub fn decode_guessing(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match decode_legacy(bytes) {
+        Some(text) => text.into(),
+        None => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Decodes base64 leniently, for parts whose base64 the parser rejected (usually because the
@@ -199,7 +361,11 @@ mod tests {
         let long_b64 =
             "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0";
         let cases: &[(&str, String, &str)] = &[
-            ("crlf", "a\r\nb\rc".into(), "a\nb\nc"),
+            ("crlf", "a\r\nb\r\nc".into(), "a\nb\nc"),
+            ("lone cr redraws the line", "a\r\n 10%\r 50%\r100%\r\nb".into(), "a\n100%\nb"),
+            ("cr then blank keeps what was written", "done\r   \nb".into(), "done\nb"),
+            ("cr alone ends lines (no lf at all)", "a\rb\rc".into(), "a\nb\nc"),
+            ("unicode line separators", "a\u{2028}b\u{2029}c".into(), "a\nb\nc"),
             ("trailing space", "a  \t\nb ".into(), "a\nb"),
             ("blank runs", "a\n\n\n\n\nb".into(), "a\n\nb"),
             (
@@ -211,7 +377,26 @@ mod tests {
             (
                 "controls stripped",
                 "a\u{0}b\u{7}c\u{1b}[31md\u{85}e".into(),
-                "abc[31mde",
+                "abcde",
+            ),
+            (
+                "terminal escapes removed whole",
+                "\u{1b}[1;31mERROR\u{1b}[0m \u{1b}]0;title\u{7}x\u{1b}]2;t\u{1b}\\y\u{1b}(Bz\u{1b}[2K\u{1b}=w\u{9b}1mv".into(),
+                "ERROR xyzwv",
+            ),
+            ("escape cut at the line end", "a\u{1b}[31".into(), "a"),
+            ("overstrike", "N\u{8}NA\u{8}AM\u{8}ME\u{8}E _\u{8}u".into(), "NAME u"),
+            ("backspace at the start", "\u{8}a".into(), "a"),
+            (
+                "invisible characters removed",
+                "a\u{200b}b\u{200e}c\u{200f}d\u{61c}e\u{ffff}f\u{10ffff}g\u{fdd0}h".into(),
+                "abcdefgh",
+            ),
+            ("joiners kept", "👩\u{200d}💻 \u{200c}".into(), "👩\u{200d}💻 \u{200c}"),
+            (
+                "long blank runs shortened",
+                format!("a{}b\t{}c", " ".repeat(5000), "\t".repeat(41)),
+                format!("a{}b\t{}c", " ".repeat(MAX_BLANK_RUN), "\t".repeat(MAX_BLANK_RUN - 1)).leak(),
             ),
             ("tab kept", "a\tb".into(), "a\tb"),
             ("bidi override stripped", "abc\u{202e}fed".into(), "abcfed"),
@@ -242,6 +427,7 @@ mod tests {
     #[test]
     fn one_line_cases() {
         let cases: &[(&str, usize, &str)] = &[
+            ("\u{1b}[31mred\u{1b}[0m alert", 100, "red alert"),
             ("a\r\n b", 100, "a b"),
             ("  lead  and trail  ", 100, "lead and trail"),
             ("abcdef", 3, "abc…"),
@@ -269,6 +455,39 @@ mod tests {
         for (input, max, kept, cut) in cases {
             assert_eq!(cap_chars(input, *max), (*kept, *cut), "{input:?} max {max}");
         }
+    }
+
+    #[test]
+    fn cap_body_cases() {
+        let lines: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+        let (head, tail, cut) = cap_body(&lines, 100);
+        assert!(
+            head.starts_with("line 000\n") && head.ends_with("line 007"),
+            "{head:?}"
+        );
+        assert!(
+            tail.starts_with("line 098") && tail.ends_with("line 099"),
+            "{tail:?}"
+        );
+        assert_eq!(
+            head.chars().count() + tail.chars().count() + cut,
+            lines.chars().count()
+        );
+        assert!(head.chars().count() + tail.chars().count() <= 100);
+
+        let one_line = "é".repeat(1000);
+        let (head, tail, cut) = cap_body(&one_line, 100);
+        assert_eq!(
+            (head.chars().count(), tail.chars().count(), cut),
+            (75, 25, 900)
+        );
+
+        assert_eq!(cap_body("short", 100), ("short", "", 0));
+        assert_eq!(cap_body("abc", 0), ("", "", 3));
+        assert_eq!(cap_body("abcdef", 3), ("abc", "", 3));
+        // A blank line at the cut leaves no blank line before the note.
+        let (head, _, _) = cap_body("aaaa\n\n\nbbbbbbbbbbbbbbbbbbbbbbbbb", 8);
+        assert_eq!(head, "aaaa");
     }
 
     #[test]
