@@ -1008,6 +1008,46 @@ fn unknown_options_are_accepted() {
     .run()
     .assert_silent_success();
     assert!(wait_digests(&w, 1)[0].contains("tolerant"));
+    // -e takes a value, glued or not: `-eq` is not a queue run that leaves the message
+    // unread, and `-ep` does not make the recipient the value of -p.
+    for (i, args) in [&["-eq", "r@x"][..], &["-ep", "r@x"], &["-e", "m", "r@x"]]
+        .iter()
+        .enumerate()
+    {
+        w.call(args)
+            .stdin(format!("Subject: error style {i}\n\nx\n").as_bytes())
+            .run()
+            .assert_silent_success();
+        let got = wait_digests(&w, i + 2);
+        let digest = &got[i + 1];
+        assert!(
+            digest.contains(&format!("error style {i}")),
+            "{args:?}: {digest}"
+        );
+        assert!(
+            digest.contains("r@x") && !digest.contains("no recipients"),
+            "{args:?}: {digest}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_print_and_send_nothing() {
+    let w = World::new("help");
+    let help = w.call(&["--help"]).run();
+    assert_eq!((help.code, help.stderr.as_str()), (0, ""), "{help:?}");
+    assert!(help.stdout.starts_with("usage: sendmail "), "{help:?}");
+    let version = w.call(&["--version"]).run();
+    assert_eq!(
+        version.stdout,
+        format!("sendmail (smtp_bridge) {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // Neither reads stdin nor sends, even with the stdin of a terminal left open.
+    let help = w.call(&["--help"]).keep_stdin_open().run();
+    assert_eq!(help.code, 0, "{help:?}");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(w.bridge.requests(), 0);
+    assert!(w.spool_files().is_empty(), "{:?}", w.spool_files());
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub enum Mode {
     /// modes `-bd` and `-bl` (or the name `smtpd`), the host tests `-bh` and `-bH`, and a
     /// queue interval such as `-q30m` or `-qp`. The string is the option, for the log.
     Noop(String),
+    /// Print the usage summary on stdout (`--help`): a person at a terminal trying it must
+    /// not end up sending an empty message or waiting for one.
+    Help,
+    /// Print the version on stdout (`--version`).
+    Version,
 }
 
 /// The parsed command line.
@@ -101,8 +106,28 @@ impl std::error::Error for ArgsError {}
 
 /// Options with a defined effect, as the man page names them.
 pub const HONOURED_OPTIONS: &[&str] = &[
-    "-t", "-i", "-oi", "-f", "-r", "-F", "-bm", "-bs", "-bp", "-q", "-bv", "-bi", "-I", "-bd",
-    "-bl", "-bh", "-bH", "-v", "--", "--config",
+    "-t",
+    "-i",
+    "-oi",
+    "-f",
+    "-r",
+    "-F",
+    "-bm",
+    "-bs",
+    "-bp",
+    "-q",
+    "-bv",
+    "-bi",
+    "-I",
+    "-bd",
+    "-bl",
+    "-bh",
+    "-bH",
+    "-v",
+    "--",
+    "--config",
+    "--help",
+    "--version",
 ];
 
 /// Modes refused with exit 64, as Postfix refuses them.
@@ -139,7 +164,7 @@ pub const IGNORED_OPTIONS: &[&str] = &[
 
 /// Option letters that take a value, glued (`-FCronDaemon`) or as the next word. `-q` is not
 /// here: its value is optional and must be glued, so `-q` never swallows the next word.
-pub const TAKES_VALUE: &str = "ABbCDdFfhLNOopQRrVX";
+pub const TAKES_VALUE: &str = "ABbCDdeFfhLNOopQRrVX";
 
 /// Parses `argv` (with `argv[0]`, whose basename selects `mailq`, `newaliases`, `runq`,
 /// `smtpd` or `rmail`).
@@ -188,6 +213,15 @@ pub fn parse(argv: &[String]) -> Result<Args, ArgsError> {
                 return Err(ArgsError::MissingConfigPath);
             }
             args.config = Some(PathBuf::from(path));
+            i += 1;
+            continue;
+        }
+        if arg == "--help" || arg == "--version" {
+            args.mode = if arg == "--help" {
+                Mode::Help
+            } else {
+                Mode::Version
+            };
             i += 1;
             continue;
         }
@@ -743,6 +777,32 @@ mod tests {
         let got = parse(&argv(&["sendmail", "--config=/y.conf", "-vv", "-q"])).unwrap();
         assert_eq!(got.config, Some(PathBuf::from("/y.conf")));
         assert_eq!(got.verbose, 2);
+        // -e takes its value (Postfix's getopt says `e:`): `-eq` is not a queue run and
+        // `-ep` does not eat the next word as the value of -p.
+        for words in [
+            &["sendmail", "-eq", "r@x"][..],
+            &["sendmail", "-ep", "r@x"],
+            &["sendmail", "-e", "m", "r@x"],
+        ] {
+            let got = parse(&argv(words)).unwrap();
+            assert_eq!(
+                (&got.mode, &got.recipients[..]),
+                (&Mode::Deliver, &["r@x".to_string()][..]),
+                "{words:?}"
+            );
+        }
+        assert_eq!(
+            parse(&argv(&["sendmail", "--help"])).unwrap().mode,
+            Mode::Help
+        );
+        assert_eq!(
+            parse(&argv(&["sendmail", "-i", "--version"])).unwrap().mode,
+            Mode::Version
+        );
+        assert_eq!(
+            parse(&argv(&["sendmail", "--helpme"])).unwrap().unknown,
+            vec!["--helpme".to_string()]
+        );
     }
 
     #[test]

@@ -217,9 +217,19 @@ pub fn run(
             let summary = args.verbose > 0 || io::IsTerminal::is_terminal(&io::stdout());
             run_queue(&config, summary, output)
         }
-        Mode::Verify | Mode::NewAliases | Mode::Noop(_) => run_without_config(&args, output),
+        Mode::Verify | Mode::NewAliases | Mode::Noop(_) | Mode::Help | Mode::Version => {
+            run_without_config(&args, output)
+        }
     }
 }
+
+/// What `sendmail --help` prints.
+const USAGE: &str = "\
+usage: sendmail [-t] [-i] [-f sender] [-F name] [--config path] [recipient ...] < message
+       sendmail -bs | -bp | -q | -bi | -bv recipient ...
+       mailq | newaliases
+Other options of sendmail, Postfix and Exim are accepted and ignored; see sendmail(8).
+";
 
 /// The modes that need no configuration: `-bv`, `newaliases` and the no-op modes.
 fn run_without_config(args: &Args, output: &mut dyn Write) -> Result<(), SendmailError> {
@@ -235,6 +245,11 @@ fn run_without_config(args: &Args, output: &mut dyn Write) -> Result<(), Sendmai
             write_output(output, text.as_bytes())
         }
         Mode::NewAliases => Ok(()),
+        Mode::Help => write_output(output, USAGE.as_bytes()),
+        Mode::Version => write_output(
+            output,
+            format!("sendmail (smtp_bridge) {}\n", env!("CARGO_PKG_VERSION")).as_bytes(),
+        ),
         Mode::Noop(option) => {
             log::info!("{option}: nothing to do (the daemon is smtp_bridge), exit 0");
             Ok(())
