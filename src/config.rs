@@ -627,8 +627,35 @@ fn check_url(key: &str, url: &str) -> Result<(), String> {
         Some(_) if url.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(format!(
             "`{key}` must not contain spaces or control characters (got {url:?})"
         )),
-        Some(_) => Ok(()),
+        Some(_) => check_url_syntax(key, url),
     }
+}
+
+/// What the HTTP client will parse: a URL it refuses, or a port out of range (which it
+/// would report at every attempt as a refused connection), is a configuration error now.
+fn check_url_syntax(key: &str, url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{key}` is not a valid URL: {e} (got {url:?})"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{key}` has no host (got {url:?})"))?;
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    // An empty port (`http://h:/x`) means the scheme's, as RFC 3986 says.
+    if let Some((_, port)) = host_port
+        .rsplit_once(':')
+        .filter(|(_, p)| !p.is_empty() && !p.contains(']'))
+    {
+        if !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!(
+                "`{key}` has port {port:?}, which is not 1 to 65535 (got {url:?})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A user or group name: handed to getpwnam/getgrnam, so no separators or white space.
@@ -1288,6 +1315,10 @@ strict_recipients = true
             ("# c\nqueue = \"ftp://x/replies\"\n", "queue", 2),
             ("queue = \"localhost:8003/replies\"\n", "queue", 1),
             ("queue = \"http://\"\n", "queue", 1),
+            ("queue = \"http://127.0.0.1:99999/replies\"\n", "queue", 1),
+            ("queue = \"http://127.0.0.1:0/replies\"\n", "queue", 1),
+            ("queue = \"http://[::1:8003/replies\"\n", "queue", 1),
+            ("queue = \"http://a:b@127.0.0.1:x/replies\"\n", "queue", 1),
             ("queue = 8003\n", "queue", 1),
             ("loglevel = \"loud\"\n", "loglevel", 1),
             ("\nspool_sync = \"always\"\n", "spool_sync", 2),
