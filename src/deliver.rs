@@ -33,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
 use crate::digest::{Digest, DigestOptions, MAX_PARSE_BYTES};
-use crate::spool::{escape, spare_charge, QueueEntry, SpareKeeper, Spares, Spool};
+use crate::spool::{
+    escape, spare_charge, QueueEntry, SpareKeeper, Spares, Spool, MAILDROP_MARK_POLL,
+};
 
 /// The wait after the first failure; each further failure doubles it.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -42,9 +44,11 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// How long the delivery thread waits before trying again after a pass that failed on the
 /// spool itself (a disk error, not the bridge).
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
-/// How often the delivery thread looks at an idle spool: `sendmail` run by an ordinary user
-/// leaves mail in the maildrop and has no way to wake the daemon, so this bounds how long
-/// such mail waits before its first attempt.
+/// How often the delivery thread looks at an idle spool all the same. `sendmail` run by an
+/// ordinary user leaves mail in the maildrop and cannot wake the daemon; it marks the
+/// maildrop instead, which the thread looks for every
+/// [`MAILDROP_MARK_POLL`](crate::spool::MAILDROP_MARK_POLL), so this only bounds the wait of
+/// mail whose mark could not be made.
 pub const MAILDROP_POLL: Duration = Duration::from_secs(30);
 /// The disk the delivery thread's spare files may hold ([`Spares`]): 4096 files of a small
 /// message, enough for a burst of that many to be delivered without freeing an inode.
@@ -393,7 +397,8 @@ enum Command {
 /// The daemon's background delivery thread.
 ///
 /// It runs a pass at start, whenever it is nudged (new mail), when the head of the queue is
-/// due again, after a reload, and every [`MAILDROP_POLL`] while idle (for the maildrop).
+/// due again, after a reload, within a second of the maildrop being marked, and every
+/// [`MAILDROP_POLL`] while idle.
 /// While the head of the queue waits for its next attempt, nudges start no pass: new mail
 /// cannot overtake it, and a pass would only list the whole queue again (with the bridge
 /// down for hours, once per arriving message). It logs state changes once: a warning when the bridge starts failing (an
@@ -575,7 +580,9 @@ fn run_thread(
     // Set while the head of the queue waits for its next attempt (at `due`).
     let mut head_waits = false;
     loop {
-        let command = match inbox.recv_timeout(due.saturating_duration_since(Instant::now())) {
+        // Wake up every MAILDROP_MARK_POLL too, to look for mail an ordinary user dropped off.
+        let wake = due.min(Instant::now() + MAILDROP_MARK_POLL);
+        let command = match inbox.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -584,6 +591,16 @@ fn run_thread(
         let timed_out = command.is_none();
         let mut commands: Vec<Command> = command.into_iter().collect();
         commands.extend(inbox.try_iter());
+        if timed_out && commands.is_empty() && Instant::now() < due {
+            // Woken early only for the maildrop's mark: a pass if mail waits there and the
+            // head of the queue is not waiting for its own retry anyway.
+            if head_waits || !Spool::new(&config.spool_dir).maildrop_marked() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+        }
         let mut reloaded = false;
         for command in commands {
             match command {

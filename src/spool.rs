@@ -15,6 +15,7 @@
 //! | `queue.lock` | 0600 | flock'd by whoever runs the queue ([`Spool::lock_runner`]) |
 //! | `maildrop.lock` | 0600 | flock'd while the maildrop is ingested |
 //! | `backlog` | 0644 | present while delivery is backed up ([`Spool::set_backlog`]) |
+//! | `maildrop/.waiting` | 0644 | left by `sendmail` after a drop-off, until it is taken in ([`Spool::mark_maildrop`]) |
 //!
 //! # Files
 //!
@@ -126,6 +127,13 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::envelope::{cap_full_name, Envelope, Origin};
+
+/// The name of the maildrop's mark ([`Spool::mark_maildrop`]); a dot name, which taking the
+/// maildrop in never reads as a message.
+pub const MAILDROP_MARK: &str = ".waiting";
+
+/// How often the daemon looks for the maildrop's mark while idle.
+pub const MAILDROP_MARK_POLL: Duration = Duration::from_secs(1);
 
 /// The first line of every spool file: the format and its version.
 pub const MAGIC: &str = "smtp_bridge-spool 1";
@@ -776,6 +784,10 @@ impl Spool {
         self.root.join("backlog")
     }
 
+    fn maildrop_mark_path(&self) -> PathBuf {
+        self.maildrop_dir().join(MAILDROP_MARK)
+    }
+
     /// Creates the directories with their modes when missing; with `owner` (uid, gid), as
     /// root, also gives them to that user. Idempotent.
     ///
@@ -906,6 +918,11 @@ impl Spool {
         // them one after the other.
         let _ingesting = self.lock_file("maildrop.lock", true)?;
         let dir = self.maildrop_dir();
+        // The mark goes before the listing: whatever is dropped off after it, its writer
+        // marks again, so no waiting message is ever left unmarked.
+        if let Err(e) = remove_if_exists(&self.maildrop_mark_path()) {
+            log::warn!("cannot remove the maildrop mark {MAILDROP_MARK}: {e}");
+        }
         remove_stale_temps(&dir)?;
         let mut names: Vec<OsString> = read_names(&dir)?
             .into_iter()
@@ -937,9 +954,20 @@ impl Spool {
                 remove_if_exists(path)?;
             }
             fsync_dir(&dir)?;
+            // What was taken in now waits in the queue: mail submitted from here on must
+            // queue behind it, not overtake it (`mailq` takes the maildrop in too).
+            if let Err(e) = self.set_backlog(true) {
+                log::warn!("cannot mark the backlog: {e}");
+            }
         }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => {
+                // Messages are left behind: keep them marked.
+                if let Err(e) = self.mark_maildrop() {
+                    log::warn!("cannot mark the maildrop: {e}");
+                }
+                Err(e)
+            }
             None => Ok(report),
         }
     }
@@ -1402,6 +1430,42 @@ impl Spool {
     /// Whether delivery is backed up (see [`Spool::set_backlog`]).
     pub fn has_backlog(&self) -> bool {
         fs::symlink_metadata(self.backlog_path()).is_ok()
+    }
+
+    /// Marks that a message waits in `maildrop/`, for any local user's `sendmail` after
+    /// leaving one there (the backlog marker is the spool owner's to set): until the maildrop
+    /// is taken in, later mail queues behind it instead of going to the bridge first, and
+    /// the daemon, which looks for the mark every [`MAILDROP_MARK_POLL`], takes it in.
+    ///
+    /// Advisory, like the backlog marker: anyone may create it (the worst it does is make
+    /// mail queue for a moment), it is never followed, and taking the maildrop in removes it.
+    pub fn mark_maildrop(&self) -> io::Result<()> {
+        let path = self.maildrop_mark_path();
+        if fs::symlink_metadata(&path).is_ok() {
+            return Ok(());
+        }
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a message waits in `maildrop/` (see [`Spool::mark_maildrop`]).
+    pub fn maildrop_marked(&self) -> bool {
+        fs::symlink_metadata(self.maildrop_mark_path()).is_ok()
+    }
+
+    /// Whether this process owns the spool, so that its messages go into `queue/` rather than
+    /// `maildrop/`.
+    pub fn is_owned_by_us(&self) -> bool {
+        fs::metadata(&self.root).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
     }
 
     fn read_retry(&self, id: &QueueId) -> RetryState {

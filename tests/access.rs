@@ -402,6 +402,56 @@ fn planted_links_fifo_and_device_are_refused_and_targets_untouched() {
     assert!(!d.log_text().contains("panicked"));
 }
 
+/// A message an ordinary user's `sendmail` left in the maildrop (its own bridge attempt
+/// failed) goes out within a few seconds: the drop-off marks the maildrop and the daemon
+/// looks for the mark every second, instead of waiting for its 30-second look at an idle
+/// spool.
+#[test]
+fn a_drop_off_is_picked_up_within_seconds() {
+    if !common::require_root() {
+        return;
+    }
+    let (bridge, d) = common::daemon::setup("a-dropoff", "");
+    // Let the start-up pass finish, so that only the mark can bring the next one forward.
+    d.wait_log("ready", SOON);
+    std::thread::sleep(Duration::from_secs(1));
+    // The shim's own configuration: the same spool, a bridge nobody listens on.
+    let shim_dir = TestDir::new("a-dropoff-shim");
+    let dead = format!("http://127.0.0.1:{}/replies", common::free_port());
+    let text = std::fs::read_to_string(d.dir().join("smtp_bridge.conf"))
+        .unwrap()
+        .replace(&bridge.url, &dead);
+    let shim_config = shim_dir.join("shim.conf");
+    std::fs::write(&shim_config, text).unwrap();
+    std::fs::set_permissions(&shim_config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&shim_dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new(common::sendmail_bin())
+        .args(["--config", shim_config.to_str().unwrap(), "-i", "r@x"])
+        .uid(MALLORY)
+        .gid(MALLORY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: dropped off\n\nx\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dropped = std::time::Instant::now();
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("dropped off"), "{got:?}");
+    assert!(
+        dropped.elapsed() < Duration::from_secs(10),
+        "picked up after {:?}: the mark was not seen",
+        dropped.elapsed()
+    );
+}
+
 // ---- the config file ------------------------------------------------------------------
 
 #[test]

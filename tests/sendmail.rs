@@ -1115,6 +1115,71 @@ fn backlog_keeps_order() {
     assert!(w.queued().is_empty());
 }
 
+/// Mail an ordinary user left in the maildrop (the bridge was down) is not overtaken by
+/// later mail once the bridge is back, from root or from another user: both queue behind it
+/// until the queue runs, and then all go out in the order they were submitted.
+#[test]
+fn maildrop_keeps_order() {
+    if !is_root() && !common::require_root() {
+        return;
+    }
+    const USER: u32 = 54322;
+    let w = World::new("droporder");
+    Spool::new(w.spool())
+        .prepare(Some((NOBODY, NOBODY)))
+        .unwrap();
+    let mark = w
+        .spool()
+        .join("maildrop")
+        .join(smtp_bridge::spool::MAILDROP_MARK);
+    w.bridge.set_behaviour(Behaviour::Down);
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: first\n\n1\n")
+        .by_uid(USER)
+        .run()
+        .assert_silent_success();
+    assert!(mark.exists(), "the drop-off left no mark");
+    bridge_up(&w);
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: second\n\n2\n")
+        .run()
+        .assert_silent_success();
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: third\n\n3\n")
+        .by_uid(USER + 1)
+        .run()
+        .assert_silent_success();
+    assert_eq!(w.bridge.requests(), 0, "later mail overtook the maildrop");
+    let run = w.call(&["-q", "-v"]).run();
+    assert_eq!(run.stdout, "delivered 3, deferred 0, failed 0\n", "{run:?}");
+    let got = wait_digests(&w, 3);
+    for (digest, subject) in got.iter().zip(["first", "second", "third"]) {
+        assert!(digest.contains(&format!("Subject: {subject}")), "{got:?}");
+    }
+    assert!(!mark.exists(), "taking the maildrop in leaves the mark");
+    // Drained: mail goes straight to the bridge again.
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: fourth\n\n4\n")
+        .by_uid(USER)
+        .run()
+        .assert_silent_success();
+    assert_eq!(w.bridge.received().len(), 4);
+    // mailq taking a drop-off in marks the backlog, so root's mail still waits behind it.
+    w.bridge.set_behaviour(Behaviour::Down);
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: fifth\n\n5\n")
+        .by_uid(USER)
+        .run()
+        .assert_silent_success();
+    bridge_up(&w);
+    assert_eq!(w.queued().len(), 1);
+    w.call(&["-i", "a@x"])
+        .stdin(b"Subject: sixth\n\n6\n")
+        .run()
+        .assert_silent_success();
+    assert_eq!(w.bridge.received().len(), 4, "sixth overtook fifth");
+}
+
 #[test]
 fn smtp_on_stdin() {
     let w = World::new("bs");

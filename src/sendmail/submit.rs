@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
@@ -107,8 +106,7 @@ impl Tail {
 /// `maildrop/` for everyone else, whose files the queue runner takes in as untrusted, with
 /// the origin replaced by the file owner's uid.
 fn start_message(spool: &Spool, envelope: &Envelope) -> io::Result<SpoolWriter> {
-    let owner = std::fs::metadata(spool.root()).map(|m| m.uid());
-    if owner.is_ok_and(|uid| uid == nix::unistd::geteuid().as_raw()) {
+    if spool.is_owned_by_us() {
         spool.create(envelope)
     } else {
         spool.create_maildrop(envelope)
@@ -177,7 +175,7 @@ fn attempt(
     raw: &[u8],
     total: u64,
 ) -> Option<BridgeMiss> {
-    if spool.has_backlog() {
+    if spool.has_backlog() || spool.maildrop_marked() {
         return Some(BridgeMiss::Backlog);
     }
     let opts = DigestOptions {
@@ -221,6 +219,12 @@ fn finish(
                 None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
             };
             log_submission(&id, envelope, size, &status);
+            if !spool.is_owned_by_us() {
+                // Left in maildrop/: whoever submits next must not overtake it.
+                if let Err(e) = spool.mark_maildrop() {
+                    log::warn!("{id}: cannot mark the maildrop: {e}");
+                }
+            }
             if why.is_some() {
                 // Until the queue drains, later mail must queue behind this one instead of
                 // overtaking it when the bridge comes back. Only the spool owner may set
