@@ -303,8 +303,9 @@ fn check_spool(spool_dir: &std::path::Path, config: &std::path::Path) -> Vec<Str
 }
 
 /// Temporary files (`.tmp.*`) a kill left in `queue/` and `maildrop/`: never listed, and
-/// removed by the next start. Anything else there must be a queue ID or its sidecar, or a
-/// spare file (`queue/.spare.*`, a delivered message's file kept for a new one).
+/// removed by the next start. Anything else there must be a queue ID or its sidecar, a spare
+/// file (`queue/.spare.*`, a delivered message's file kept for a new one), or the maildrop's
+/// mark (`maildrop/.waiting`).
 fn temp_files(spool_dir: &std::path::Path) -> usize {
     let mut temps = 0;
     for area in ["queue", "maildrop"] {
@@ -315,7 +316,9 @@ fn temp_files(spool_dir: &std::path::Path) -> usize {
             let name = name.unwrap().file_name().to_string_lossy().into_owned();
             if name.starts_with(".tmp.") {
                 temps += 1;
-            } else if area == "queue" && name.starts_with(".spare.") {
+            } else if area == "queue" && name.starts_with(".spare.")
+                || area == "maildrop" && name == smtp_bridge::spool::MAILDROP_MARK
+            {
                 continue;
             } else {
                 let id = name.split('.').next().unwrap_or("");
