@@ -1118,3 +1118,38 @@ fn spool_that_cannot_be_prepared_exits_73() {
         "{out:?}"
     );
 }
+
+/// A forged HTTP request to the SMTP port (server-side request forgery to
+/// http://localhost:25/) with SMTP commands in its body: answered with 221 and closed before
+/// the body is read, so nothing is queued or forwarded.
+#[test]
+fn an_http_request_smuggles_no_mail() {
+    let (bridge, d) = setup("http", "");
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1:25\r\nContent-Type: text/plain\r\n\
+          Content-Length: 100\r\n\r\nHELO x\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<root>\r\nDATA\r\n\
+          Subject: injected via HTTP\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
+    let mut all = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut all);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "220 testhost ESMTP",
+            "221 2.7.0 Error: I can break rules, too. Goodbye."
+        ],
+        "{all}"
+    );
+    // A real message afterwards is the only one that arrives.
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("after", "x")).unwrap().0, 250);
+    let got = bridge.wait_for(1, SOON);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(bridge.received().len(), 1);
+    assert!(!got[0].reply.contains("injected"), "{got:?}");
+    d.wait_log("HTTP request on the SMTP port", SOON);
+}

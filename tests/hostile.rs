@@ -249,7 +249,7 @@ fn bdat_chunks_that_lie_about_their_size() {
     c.send(b"BDAT 14\r\nSubject: lie\r\nWORLD!!\r\n");
     let (code, text) = c.reply();
     assert_eq!(code, 250, "{text}");
-    assert!(text.contains("14 octets"), "{text}");
+    assert!(text.contains("Ok: 14 bytes"), "{text}");
     let (code, text) = c.reply();
     assert!(
         code == 500 || code == 502,

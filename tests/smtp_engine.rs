@@ -135,7 +135,26 @@ const SCRIPTS: &[Script] = &[
                    "502 5.5.1", "502 5.5.1", "214", "503 5.5.1", "503 5.5.1", "501 5.5.4",
                    "501 5.1.7", "555 5.5.4", "501 5.5.4", "552 5.3.4", "250 2.1.0", "503 5.5.1",
                    "250 mx.test", "503 5.5.1", "250 2.1.0", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
-                   "501 5.5.4", "501 5.5.4", "501 5.5.4", "250 2.0.0", "221 2.0.0"],
+                   "501 5.5.4", "501 5.5.4", "221 2.0.0"],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        name: "an HTTP request is answered and the connection closed, its body never read",
+        input: b"POST / HTTP/1.1\r\nHost: 127.0.0.1:25\r\nContent-Length: 60\r\n\r\n\
+                 MAIL FROM:<evil@x>\r\nRCPT TO:<root>\r\nDATA\r\nSubject: forged\r\n\r\n.\r\n",
+        replies: &["220", "221 2.7.0 Error: I can break rules, too. Goodbye."],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        name: "the 20th refused command ends the session",
+        input: b"FROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\n\
+                 NOOP\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\n\
+                 FROB\r\nNOOP\r\n",
+        replies: &["220", "502", "502", "502", "502", "502", "502", "502", "502", "502", "502",
+                   "250 2.0.0", "502", "502", "502", "502", "502", "502", "502", "502", "502",
+                   "502", "421 4.7.0 mx.test Error: too many errors"],
         messages: &[],
         closed: true,
     },
@@ -194,7 +213,7 @@ const SCRIPTS: &[Script] = &[
         name: "BDAT chunks, counted exactly, in one transaction and after a DATA one",
         input: b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 7\r\n.\r\nx\r\n.BDAT 12 LAST\r\nQUIT\r\nRSET\r\n\
                  MAIL FROM:<a@b> BODY=BINARYMIME\r\nRCPT TO:<c@d>\r\nDATA\r\nBDAT 0 LAST\r\nQUIT\r\n",
-        replies: &["220", "250 CHUNKING", "250 2.1.0", "250 2.1.5", "250 2.0.0 Ok: 7 octets",
+        replies: &["220", "250 CHUNKING", "250 2.1.0", "250 2.1.5", "250 2.0.0 Ok: 7 bytes",
                    "250 2.0.0 Ok: queued as Q1", "250", "250", "503 5.5.1",
                    "250 2.0.0 Ok: queued as Q2", "221"],
         messages: &[(b".\r\nx\r\n.QUIT\r\nRSET\r\n", Outcome::Queued), (b"", Outcome::Queued)],
@@ -204,7 +223,7 @@ const SCRIPTS: &[Script] = &[
         name: "refused BDATs still have their octets read",
         input: b"BDAT 6\r\nQUIT\r\nMAIL FROM:<a@b>\r\nBDAT 6 LAST\r\nRSET\r\nRCPT TO:<c@d>\r\nBDAT 0\r\nBDAT 5 LAST\r\nhello\
                  QUIT\r\n",
-        replies: &["220", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "250 2.0.0 Ok: 0 octets",
+        replies: &["220", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "250 2.0.0 Ok: 0 bytes",
                    "250 2.0.0 Ok: queued as Q1", "221"],
         messages: &[(b"hello", Outcome::Queued)],
         closed: true,
@@ -214,7 +233,7 @@ const SCRIPTS: &[Script] = &[
         input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 60\r\n\
                  012345678901234567890123456789012345678901234567890123456789BDAT 60 LAST\r\n\
                  012345678901234567890123456789012345678901234567890123456789NOOP\r\n",
-        replies: &["220", "250", "250", "250 2.0.0 Ok: 60 octets", "552 5.3.4", "250 2.0.0"],
+        replies: &["220", "250", "250", "250 2.0.0 Ok: 60 bytes", "552 5.3.4", "250 2.0.0"],
         messages: &[(b"", Outcome::Aborted)],
         closed: false,
     },
@@ -224,10 +243,10 @@ const SCRIPTS: &[Script] = &[
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nRCPT TO:<x@y>\r\nDATA\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nghMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
-        replies: &["220", "250", "250", "250 2.0.0 Ok: 2 octets", "250 2.0.0",
-                   "250", "250", "250 2.0.0 Ok: 2 octets", "501 5.5.4", "503 5.5.1",
-                   "250", "250", "250 2.0.0 Ok: 2 octets", "250 CHUNKING", "503 5.5.1", "503 5.5.1",
-                   "250", "250", "250 2.0.0 Ok: 2 octets", "503 5.5.1", "503 5.5.1", "503 5.5.1",
+        replies: &["220", "250", "250", "250 2.0.0 Ok: 2 bytes", "250 2.0.0",
+                   "250", "250", "250 2.0.0 Ok: 2 bytes", "501 5.5.4", "503 5.5.1",
+                   "250", "250", "250 2.0.0 Ok: 2 bytes", "250 CHUNKING", "503 5.5.1", "503 5.5.1",
+                   "250", "250", "250 2.0.0 Ok: 2 bytes", "503 5.5.1", "503 5.5.1", "503 5.5.1",
                    "221"],
         messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted),
                     (b"", Outcome::Aborted)],
@@ -602,7 +621,7 @@ fn huge_message_is_streamed_then_refused_with_552() {
     assert!(data_bytes <= 1000, "{data_bytes} bytes handed out");
     let text = String::from_utf8_lossy(&out);
     assert!(
-        text.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Message size exceeds fixed limit\r\n250 2.0.0 Ok\r\n"),
+        text.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Error: message file too big\r\n250 2.0.0 Ok\r\n"),
         "{text}"
     );
 }

@@ -250,7 +250,14 @@ pub struct Session {
     discarding_line: bool,
     /// Put first in trace lines (the host's session or connection ID).
     log_id: String,
+    /// Commands answered with a 5xx so far; at [`HARD_ERROR_LIMIT`] the session ends.
+    errors: usize,
 }
+
+/// After this many commands answered with a permanent error, the session ends with `421`
+/// (Postfix's `smtpd_hard_error_limit`): a client that is not speaking SMTP (an HTTP
+/// request's headers, a confused script) is not kept talking.
+pub const HARD_ERROR_LIMIT: usize = 20;
 
 impl Session {
     /// A new session, before the greeting.
@@ -274,6 +281,7 @@ impl Session {
             line: Vec::new(),
             discarding_line: false,
             log_id: "smtp".to_string(),
+            errors: 0,
         }
     }
 
@@ -347,7 +355,7 @@ impl Session {
                 Progress::Emit(event) => return (pos, event),
                 Progress::Continue => {}
                 Progress::DataEnd { aborted: true } => {
-                    out.extend_from_slice(reply::TOO_BIG.as_bytes());
+                    out.extend_from_slice(reply::TOO_BIG_DATA.as_bytes());
                     self.enter(State::Idle, "end-of-data");
                 }
                 Progress::DataEnd { aborted: false } => {
@@ -360,14 +368,13 @@ impl Session {
                     intake,
                 } => {
                     if intake.aborted {
-                        out.extend_from_slice(reply::TOO_BIG.as_bytes());
+                        out.extend_from_slice(reply::TOO_BIG_DATA.as_bytes());
                         self.enter(State::Idle, "end-of-chunk");
                     } else if last {
                         self.enter(State::Waiting, "end-of-chunk");
                         return (pos, Event::MessageEnd);
                     } else {
-                        let line =
-                            format!("{}{declared} octets received\r\n", reply::CHUNK_OK_PREFIX);
+                        let line = format!("{}{declared} bytes\r\n", reply::CHUNK_OK_PREFIX);
                         out.extend_from_slice(line.as_bytes());
                         self.enter(State::Chunked { size: intake.size }, "end-of-chunk");
                     }
@@ -457,8 +464,12 @@ impl Session {
                 // Even the shortest line end (a bare LF) would take this line to `limit + 1`
                 // bytes or more: answer now, rather than hold a line we will refuse anyway.
                 if self.line.len() + input.len() >= limit {
-                    self.refuse_long_line(out);
                     self.discarding_line = true;
+                    // Where the line went over the limit, however the input was split.
+                    let over = (limit - self.line.len()).min(input.len());
+                    if let Some(end) = self.refuse_long_line(out) {
+                        return (over, Progress::Emit(end));
+                    }
                 } else {
                     self.line.extend_from_slice(input);
                 }
@@ -471,8 +482,11 @@ impl Session {
             return (used, Progress::Continue);
         }
         if self.line.len() + lf >= limit {
-            self.refuse_long_line(out);
-            return (used, Progress::Continue);
+            let over = limit - self.line.len();
+            return match self.refuse_long_line(out) {
+                Some(end) => (over, Progress::Emit(end)),
+                None => (used, Progress::Continue),
+            };
         }
         let event = if self.line.is_empty() {
             self.command_line(&input[..lf], out)
@@ -487,7 +501,8 @@ impl Session {
         (used, event.map_or(Progress::Continue, Progress::Emit))
     }
 
-    fn refuse_long_line(&mut self, out: &mut Vec<u8>) {
+    /// Answers a command line over the limit; an event when that ends the session.
+    fn refuse_long_line(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
         log::debug!(
             "{}: command line too long limit={}",
             self.log_id,
@@ -495,10 +510,51 @@ impl Session {
         );
         self.line.clear();
         out.extend_from_slice(reply::LINE_TOO_LONG.as_bytes());
+        self.count_error(out, None)
     }
 
-    /// Parses and answers one command line (its LF removed).
+    /// Parses and answers one command line (its LF removed), and ends the session once
+    /// [`HARD_ERROR_LIMIT`] commands were refused.
     fn command_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Event<'static>> {
+        let start = out.len();
+        let event = self.answer_command(line, out);
+        if out.get(start) == Some(&b'5') {
+            self.count_error(out, event)
+        } else {
+            event
+        }
+    }
+
+    /// Counts one command answered with a permanent error; at the limit, says so and ends
+    /// the session (aborting a chunked message first, as QUIT does).
+    fn count_error(
+        &mut self,
+        out: &mut Vec<u8>,
+        event: Option<Event<'static>>,
+    ) -> Option<Event<'static>> {
+        self.errors += 1;
+        if self.errors < HARD_ERROR_LIMIT || matches!(self.state, State::Closed) {
+            return event;
+        }
+        log::info!(
+            "{}: too many errors ({}): closing",
+            self.log_id,
+            self.errors
+        );
+        let aborting = matches!(self.state, State::Chunked { .. })
+            || matches!(event, Some(Event::MessageAbort));
+        self.enter(State::Closed, "errors");
+        out.extend_from_slice(
+            format!("421 4.7.0 {} Error: too many errors\r\n", self.hostname).as_bytes(),
+        );
+        Some(if aborting {
+            Event::MessageAbort
+        } else {
+            Event::Close
+        })
+    }
+
+    fn answer_command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Option<Event<'static>> {
         let command = match parser::parse(line) {
             Ok(command) => command,
             Err(error) => return self.refuse(error, out),
@@ -517,7 +573,22 @@ impl Session {
             Command::Expn | Command::StartTls | Command::Auth => {
                 answer(out, reply::NOT_IMPLEMENTED)
             }
+            Command::Forbidden => self.forbidden(out),
         }
+    }
+
+    /// An HTTP request on the SMTP port: what follows it (headers, a body that may hold SMTP
+    /// commands) is never read, and a chunked message already started is aborted first.
+    fn forbidden(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        log::warn!("{}: HTTP request on the SMTP port: closing", self.log_id);
+        let aborting = matches!(self.state, State::Chunked { .. });
+        self.enter(State::Closed, "HTTP request");
+        out.extend_from_slice(reply::FORBIDDEN.as_bytes());
+        Some(if aborting {
+            Event::MessageAbort
+        } else {
+            Event::Close
+        })
     }
 
     /// Answers a line that did not parse.
@@ -602,7 +673,8 @@ impl Session {
         let pending = match &mut self.state {
             State::Mail(pending) => pending,
             State::Chunked { .. } => return answer(out, reply::BDAT_IN_PROGRESS),
-            _ => return answer(out, reply::NEED_MAIL),
+            // Postfix's answer to DATA without a transaction, too.
+            _ => return answer(out, reply::NEED_RECIPIENT),
         };
         if pending.recipients.is_empty() {
             return answer(out, reply::NEED_RECIPIENT);
@@ -659,7 +731,7 @@ impl Session {
                 None
             }
             _ => {
-                out.extend_from_slice(reply::NEED_MAIL.as_bytes());
+                out.extend_from_slice(reply::NEED_RECIPIENT.as_bytes());
                 if size > 0 {
                     self.enter(
                         State::Discard {

@@ -74,7 +74,7 @@ pub(crate) enum Command {
     Rset,
     /// `NOOP [string]`.
     Noop,
-    /// `QUIT`.
+    /// `QUIT [anything]`: like Postfix, any argument is ignored.
     Quit,
     /// `VRFY string`.
     Vrfy,
@@ -86,6 +86,10 @@ pub(crate) enum Command {
     StartTls,
     /// `AUTH ...`; its arguments are never looked at (nor logged).
     Auth,
+    /// `GET`, `POST`, `CONNECT`: an HTTP request sent to the SMTP port (a browser, or a
+    /// server-side request forgery smuggling SMTP commands in its body), answered and closed
+    /// at once, as Postfix's `smtpd_forbidden_commands` does.
+    Forbidden,
 }
 
 /// Why a command line could not be parsed; each variant has exactly one reply.
@@ -114,8 +118,6 @@ pub(crate) enum ParseError {
     DataSyntax,
     /// Occurs when RSET is given an argument.
     RsetSyntax,
-    /// Occurs when QUIT is given an argument.
-    QuitSyntax,
     /// Occurs when BDAT's size is missing or not a number that fits 64 bits, or is followed by
     /// anything but `LAST`.
     BdatSyntax,
@@ -127,7 +129,7 @@ pub(crate) enum ParseError {
     BadSize,
     /// Occurs when `BODY=` is not 7BIT, 8BITMIME or BINARYMIME.
     BadBody,
-    /// Occurs when MAIL carries a well-formed parameter we do not support.
+    /// Occurs when MAIL or RCPT carries a well-formed parameter we do not support.
     UnsupportedParameter,
 }
 
@@ -145,7 +147,6 @@ impl ParseError {
             ParseError::BadRecipient => reply::BAD_RECIPIENT,
             ParseError::DataSyntax => reply::SYNTAX_DATA,
             ParseError::RsetSyntax => reply::SYNTAX_RSET,
-            ParseError::QuitSyntax => reply::SYNTAX_QUIT,
             ParseError::BdatSyntax => reply::SYNTAX_BDAT,
             ParseError::VrfySyntax => reply::SYNTAX_VRFY,
             ParseError::BadParameter => reply::BAD_PARAMETER,
@@ -168,7 +169,6 @@ impl fmt::Display for ParseError {
             ParseError::BadRecipient => "malformed recipient address",
             ParseError::DataSyntax => "DATA takes no argument",
             ParseError::RsetSyntax => "RSET takes no argument",
-            ParseError::QuitSyntax => "QUIT takes no argument",
             ParseError::BdatSyntax => "malformed BDAT command",
             ParseError::VrfySyntax => "VRFY needs an argument",
             ParseError::BadParameter => "malformed parameter",
@@ -185,7 +185,8 @@ impl std::error::Error for ParseError {}
 /// Parses one command line, its line end already removed (a trailing CR is tolerated).
 pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = trim_end(line);
+    // Blanks around the command are skipped, as Postfix's tokenizer skips them.
+    let line = trim_start(trim_end(line));
     let (verb, args) = match line.iter().position(|&b| is_blank(b)) {
         Some(at) => (&line[..at], trim_start(&line[at..])),
         None => (line, &line[line.len()..]),
@@ -208,7 +209,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         b"DATA" => no_argument(args, Command::Data, ParseError::DataSyntax),
         b"BDAT" => bdat(args),
         b"RSET" => no_argument(args, Command::Rset, ParseError::RsetSyntax),
-        b"QUIT" => no_argument(args, Command::Quit, ParseError::QuitSyntax),
+        b"QUIT" => Ok(Command::Quit),
         b"NOOP" => Ok(Command::Noop),
         b"VRFY" if args.is_empty() => Err(ParseError::VrfySyntax),
         b"VRFY" => Ok(Command::Vrfy),
@@ -216,6 +217,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         b"HELP" => Ok(Command::Help),
         b"STARTTLS" => Ok(Command::StartTls),
         b"AUTH" => Ok(Command::Auth),
+        b"GET" | b"POST" | b"CONNECT" => Ok(Command::Forbidden),
         _ => Err(ParseError::Unrecognized),
     }
 }
@@ -316,9 +318,14 @@ fn rcpt(args: &[u8]) -> Result<Command, ParseError> {
         PathError::Malformed => ParseError::BadRecipient,
     })?;
     let recipient = address(path, false).ok_or(ParseError::BadRecipient)?;
-    // We offer no RCPT extension (no DSN), so well-formed parameters are accepted and ignored,
-    // like a Postfix with DSN disabled ignores NOTIFY=; malformed ones still get 501.
-    parameters(params)?;
+    // We offer no RCPT extension. DSN's NOTIFY= and ORCPT= are accepted and ignored, as a
+    // Postfix with DSN disabled ignores them; any other parameter gets 555 (RFC 5321
+    // §4.1.1.11), and a malformed one 501.
+    for (key, _) in parameters(params)? {
+        if !key.eq_ignore_ascii_case(b"NOTIFY") && !key.eq_ignore_ascii_case(b"ORCPT") {
+            return Err(ParseError::UnsupportedParameter);
+        }
+    }
     Ok(Command::Rcpt { recipient })
 }
 
@@ -524,7 +531,12 @@ mod tests {
             (b"RSET", Ok(Command::Rset)),
             (b"RSET x", Err(ParseError::RsetSyntax)),
             (b"QUIT", Ok(Command::Quit)),
-            (b"QUIT now", Err(ParseError::QuitSyntax)),
+            (b"QUIT now", Ok(Command::Quit)),
+            (b" NOOP", Ok(Command::Noop)),
+            (b"\tNOOP\r", Ok(Command::Noop)),
+            (b"GET / HTTP/1.1", Ok(Command::Forbidden)),
+            (b"post /x HTTP/1.0", Ok(Command::Forbidden)),
+            (b"CONNECT 127.0.0.1:25 HTTP/1.1", Ok(Command::Forbidden)),
             (b"NOOP", Ok(Command::Noop)),
             (b"NOOP anything goes", Ok(Command::Noop)),
             (b"VRFY root", Ok(Command::Vrfy)),
@@ -541,10 +553,15 @@ mod tests {
             (b"", Err(ParseError::Garbage)),
             (b"\r", Err(ParseError::Garbage)),
             (b"   ", Err(ParseError::Garbage)),
-            (b" HELO x", Err(ParseError::Garbage)),
+            (
+                b" HELO x",
+                Ok(Command::Hello {
+                    name: "x".into(),
+                    extended: false,
+                }),
+            ),
             (b"\x00\x01\x02", Err(ParseError::Garbage)),
             (b"\xc3\xa9HLO x", Err(ParseError::Garbage)),
-            (b"GET / HTTP/1.1", Err(ParseError::Unrecognized)),
             (b"MAIL:FROM:<a>", Err(ParseError::Garbage)),
             // MAIL
             (b"MAIL FROM:<a@b.example>", mail_cmd("a@b.example", NONE)),

@@ -33,6 +33,8 @@ pub(crate) const BAD_SYNTAX: &str = "500 5.5.2 Error: bad syntax\r\n";
 pub(crate) const LINE_TOO_LONG: &str = "500 5.5.2 Line too long\r\n";
 /// A well-formed verb we do not know.
 pub(crate) const UNRECOGNIZED: &str = "502 5.5.1 Error: command not recognized\r\n";
+/// An HTTP request (`GET`, `POST`, `CONNECT`): answered, then the connection is closed.
+pub(crate) const FORBIDDEN: &str = "221 2.7.0 Error: I can break rules, too. Goodbye.\r\n";
 /// EXPN, STARTTLS, AUTH: known, deliberately not offered.
 pub(crate) const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n";
 
@@ -48,8 +50,6 @@ pub(crate) const SYNTAX_RCPT: &str = "501 5.5.4 Syntax: RCPT TO:<address>\r\n";
 pub(crate) const SYNTAX_DATA: &str = "501 5.5.4 Syntax: DATA\r\n";
 /// RSET with an argument.
 pub(crate) const SYNTAX_RSET: &str = "501 5.5.4 Syntax: RSET\r\n";
-/// QUIT with an argument.
-pub(crate) const SYNTAX_QUIT: &str = "501 5.5.4 Syntax: QUIT\r\n";
 /// BDAT whose size is missing, not a number or followed by something other than LAST.
 pub(crate) const SYNTAX_BDAT: &str = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
 /// VRFY without an argument.
@@ -60,8 +60,8 @@ pub(crate) const BAD_PARAMETER: &str = "501 5.5.4 Bad parameter syntax\r\n";
 pub(crate) const BAD_SIZE: &str = "501 5.5.4 Bad SIZE parameter\r\n";
 /// `BODY=` other than 7BIT, 8BITMIME or BINARYMIME.
 pub(crate) const BAD_BODY: &str = "501 5.5.4 Bad BODY parameter\r\n";
-/// A well-formed MAIL parameter of an extension we do not offer.
-pub(crate) const UNSUPPORTED_PARAMETER: &str = "555 5.5.4 Unsupported parameter\r\n";
+/// A well-formed MAIL or RCPT parameter of an extension we do not offer.
+pub(crate) const UNSUPPORTED_PARAMETER: &str = "555 5.5.4 Unsupported option\r\n";
 /// An unparsable reverse path.
 pub(crate) const BAD_SENDER: &str = "501 5.1.7 Bad sender address syntax\r\n";
 /// An unparsable forward path (or `<>`).
@@ -78,8 +78,10 @@ pub(crate) const BDAT_IN_PROGRESS: &str = "503 5.5.1 Error: BDAT transaction in 
 /// DATA for a message declared `BODY=BINARYMIME` (RFC 3030 §3).
 pub(crate) const BINARYMIME_NEEDS_BDAT: &str = "503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n";
 
-/// A declared or actual size over `max_message_size`.
+/// A size declared with `SIZE=` over `max_message_size`.
 pub(crate) const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed limit\r\n";
+/// A message whose data went over `max_message_size`.
+pub(crate) const TOO_BIG_DATA: &str = "552 5.3.4 Error: message file too big\r\n";
 /// More than `max_recipients` RCPTs.
 pub(crate) const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Error: too many recipients\r\n";
 /// The host could not make the message durable: never 250.
@@ -111,7 +113,6 @@ mod tests {
             SYNTAX_RCPT,
             SYNTAX_DATA,
             SYNTAX_RSET,
-            SYNTAX_QUIT,
             SYNTAX_BDAT,
             SYNTAX_VRFY,
             BAD_PARAMETER,
@@ -126,6 +127,8 @@ mod tests {
             BDAT_IN_PROGRESS,
             BINARYMIME_NEEDS_BDAT,
             TOO_BIG,
+            TOO_BIG_DATA,
+            FORBIDDEN,
             TOO_MANY_RECIPIENTS,
             STORAGE_FAILED,
         ];
