@@ -131,10 +131,12 @@ fn main() -> ExitCode {
     let code = match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
+            let shown = logging::stderr_lines();
             log::error!("fatal: {failure}");
-            // The log line first, so that stderr shows them in that order.
+            // The log line first, so that stderr shows them in that order; once only, when
+            // the log itself went to stderr (`-f`, or no syslog to take it).
             logging::flush();
-            if !LOGS_TO_STDERR.load(Ordering::Relaxed) {
+            if !LOGS_TO_STDERR.load(Ordering::Relaxed) && logging::stderr_lines() == shown {
                 eprintln!("smtp_bridge: {failure}");
             }
             ExitCode::from(failure.exit_code())

@@ -121,6 +121,15 @@ pub fn flush() {
     log::logger().flush();
 }
 
+/// Lines written to stderr so far (copies, or lines syslog did not take).
+static STDERR_LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many log lines went to stderr so far, so that a caller printing a message of its own
+/// can tell whether the log already showed it there.
+pub fn stderr_lines() -> u64 {
+    STDERR_LINES.load(Ordering::Relaxed)
+}
+
 /// Changes the level of the installed logger (SIGHUP reload).
 pub fn set_level(level: LogLevel) {
     if let Some(logger) = LOGGER.get() {
@@ -609,6 +618,7 @@ impl SyslogSink {
     fn write_stderr(&self, line: &str) {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "{}[{}]: {}", self.ident, std::process::id(), line);
+        STDERR_LINES.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -520,8 +520,13 @@ fn cannot_spool_and_bridge_down_exits_75_leaving_nothing() {
     };
     let out = w.call(&["-i", "a@x"]).stdin(b"Subject: lost?\n\nx\n").run();
     let line = out.assert_failure(75);
+    // The line names the directory that could not be written.
+    let spool = w.dir.join("blocker/spool");
     assert!(
-        line.starts_with("sendmail: cannot queue message: "),
+        line.starts_with(&format!(
+            "sendmail: cannot queue message: {}/",
+            spool.display()
+        )),
         "{line}"
     );
     assert_eq!(out.stdout, "");
@@ -560,7 +565,10 @@ fn unwritable_maildrop_for_an_ordinary_user_exits_75() {
         .run();
     let line = out.assert_failure(75);
     assert!(
-        line.starts_with("sendmail: cannot queue message: "),
+        line.starts_with(&format!(
+            "sendmail: cannot queue message: {}: ",
+            maildrop.display()
+        )),
         "{line}"
     );
     assert!(files_under(&maildrop).is_empty());
@@ -1113,6 +1121,19 @@ fn backlog_keeps_order() {
         .assert_silent_success();
     assert_eq!(w.bridge.received().len(), 3);
     assert!(w.queued().is_empty());
+    // A run that stops at a failure counts what it did not try.
+    w.bridge.set_behaviour(Behaviour::Down);
+    for n in 0..3 {
+        w.call(&["a@x"])
+            .stdin(format!("Subject: later {n}\n\nx\n").as_bytes())
+            .run()
+            .assert_silent_success();
+    }
+    let run = w.call(&["-q", "-v"]).run();
+    assert_eq!(
+        run.stdout, "delivered 0, deferred 1, failed 0, 2 more waiting\n",
+        "{run:?}"
+    );
 }
 
 /// Mail an ordinary user left in the maildrop (the bridge was down) is not overtaken by

@@ -432,12 +432,13 @@ fn from_unparsed(raw: &[u8], envelope: &Envelope, opts: &DigestOptions) -> Diges
 /// recipients the To/Cc headers do not name (Bcc shows up only here).
 fn add_envelope(digest: &mut Digest, envelope: &Envelope, from_addrs: &[String], named: &[String]) {
     let sender = envelope.sender.trim();
-    if !digest.from_synthesized {
-        if sender.is_empty() {
-            digest.envelope_sender = Some("<> (null sender)".into());
-        } else if !from_addrs.iter().any(|a| headers::same_mailbox(a, sender)) {
-            digest.envelope_sender = Some(one_line(sender, headers::ADDRESS_MAX));
-        }
+    if sender.is_empty() {
+        // A bounce or an auto-reply, whatever its From says (or the From made up for it).
+        digest.envelope_sender = Some("<> (null sender)".into());
+    } else if !digest.from_synthesized
+        && !from_addrs.iter().any(|a| headers::same_mailbox(a, sender))
+    {
+        digest.envelope_sender = Some(one_line(sender, headers::ADDRESS_MAX));
     }
     if envelope.recipients.is_empty() {
         digest.no_recipients = true;

@@ -797,3 +797,16 @@ fn html_entities_and_hidden_text() {
     let d = digest(b"Subject: x\nContent-Type: text/html\n\n<div style=display:none>still shown\n");
     assert!(d.body.contains("still shown"), "{:?}", d.body);
 }
+
+#[test]
+fn a_null_sender_is_said_even_when_the_from_is_made_up() {
+    let mut envelope = local_envelope();
+    envelope.sender = String::new();
+    let raw = b"Subject: returned\n\nx\n";
+    let r = Digest::build(raw, raw.len() as u64, &envelope, &opts(4000)).render();
+    assert!(
+        r.contains("\nFrom: root@host (not in message; local user)\n"),
+        "{r}"
+    );
+    assert!(r.contains("\nEnvelope sender: <> (null sender)\n"), "{r}");
+}

@@ -433,8 +433,10 @@ fn build_envelope(
     } else {
         Vec::new()
     };
+    // First occurrence kept, in order; a set keeps a header of 100,000 addresses linear.
+    let mut seen = std::collections::HashSet::new();
     for rcpt in args.recipients.iter().chain(&header) {
-        if !recipients.contains(rcpt) {
+        if seen.insert(rcpt.as_str()) {
             recipients.push(rcpt.clone());
         }
     }
@@ -585,10 +587,15 @@ fn run_queue(config: &Config, summary: bool, output: &mut dyn Write) -> Result<(
     if !summary {
         return Ok(());
     }
-    let text = format!(
-        "delivered {}, deferred {}, failed {}\n",
+    let mut text = format!(
+        "delivered {}, deferred {}, failed {}",
         report.delivered, report.deferred, report.failed
     );
+    if report.waiting > 0 {
+        // Not tried: behind a deferred message, or not due yet.
+        text.push_str(&format!(", {} more waiting", report.waiting));
+    }
+    text.push('\n');
     write_output(output, text.as_bytes())
 }
 
@@ -609,6 +616,7 @@ mod tests {
             (
                 SendmailError::Submit(SubmitError::CannotQueue {
                     bridge: Some("connection refused".into()),
+                    dir: PathBuf::from("/var/spool/smtp_bridge/maildrop"),
                     source: io(),
                 }),
                 75,

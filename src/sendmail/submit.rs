@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
+use std::path::PathBuf;
 
 use crate::bridge::{Bridge, Outcome};
 use crate::config::Config;
@@ -42,6 +43,8 @@ pub enum SubmitError {
     CannotQueue {
         /// Why the bridge did not take it; `None` when it was not tried.
         bridge: Option<String>,
+        /// The directory the message was to be written in (`queue/` or `maildrop/`).
+        dir: PathBuf,
         /// The spool error.
         source: io::Error,
     },
@@ -52,12 +55,18 @@ impl fmt::Display for SubmitError {
         match self {
             SubmitError::CannotQueue {
                 bridge: Some(why),
+                dir,
                 source,
-            } => write!(f, "{source} (and the bridge failed: {why})"),
+            } => write!(
+                f,
+                "{}: {source} (and the bridge failed: {why})",
+                dir.display()
+            ),
             SubmitError::CannotQueue {
                 bridge: None,
+                dir,
                 source,
-            } => write!(f, "{source}"),
+            } => write!(f, "{}: {source}", dir.display()),
         }
     }
 }
@@ -105,6 +114,16 @@ impl Tail {
 /// the owner, or the daemon user itself), so the envelope's origin is kept as written; in
 /// `maildrop/` for everyone else, whose files the queue runner takes in as untrusted, with
 /// the origin replaced by the file owner's uid.
+/// Where [`start_message`] writes: `queue/` for the spool's owner, `maildrop/` for others.
+fn spool_area(spool: &Spool) -> PathBuf {
+    let area = if spool.is_owned_by_us() {
+        "queue"
+    } else {
+        "maildrop"
+    };
+    spool.root().join(area)
+}
+
 fn start_message(spool: &Spool, envelope: &Envelope) -> io::Result<SpoolWriter> {
     if spool.is_owned_by_us() {
         spool.create(envelope)
@@ -236,16 +255,19 @@ fn finish(
             Ok(SubmitOutcome::Queued(id))
         }
         Err(source) => {
+            let dir = spool_area(spool);
             log::error!(
-                "from=<{}> size={size} nrcpt={} status=tempfail (cannot queue message: {source}{})",
+                "from=<{}> size={size} nrcpt={} status=tempfail (cannot queue message in {}: {source}{})",
                 crate::spool::escape(envelope.sender.as_bytes()),
                 envelope.recipients.len(),
+                dir.display(),
                 why.as_deref()
                     .map(|w| format!("; bridge: {w}"))
                     .unwrap_or_default()
             );
             Err(SubmitError::CannotQueue {
                 bridge: why,
+                dir,
                 source,
             })
         }
