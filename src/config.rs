@@ -43,6 +43,7 @@ pub const KEYS: &[&str] = &[
     "queue",
     "name",
     "hostname",
+    "banner",
     "loglevel",
     "listen",
     "allowed_clients",
@@ -61,6 +62,9 @@ pub const KEYS: &[&str] = &[
     "sendmail_timeout",
     "strict_recipients",
 ];
+
+/// The default `banner`: `220 host.example ESMTP`, as Postfix's greeting without its name.
+pub const DEFAULT_BANNER: &str = "$hostname ESMTP";
 
 /// The keys only the legacy INI form knows; they become `listen`.
 const INI_ONLY_KEYS: &[&str] = &["smtphost", "smtpport"];
@@ -263,6 +267,9 @@ pub struct Config {
     /// `hostname`: our name in the SMTP greeting and synthesized headers (default: the host
     /// name).
     pub hostname: String,
+    /// `banner`: the text of the SMTP greeting after `220 `, `$hostname` replaced by
+    /// `hostname` (default `$hostname ESMTP`).
+    pub banner: String,
     /// `loglevel` (default info).
     pub loglevel: LogLevel,
     /// `listen`: addresses the daemon binds (default `127.0.0.1:25` and `[::1]:25`).
@@ -390,6 +397,7 @@ impl Default for Config {
             queue: "http://localhost:8003/replies".to_owned(),
             name: host.clone(),
             hostname: host,
+            banner: DEFAULT_BANNER.to_owned(),
             loglevel: LogLevel::Info,
             listen: vec![
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 25),
@@ -432,6 +440,7 @@ struct RawToml {
     queue: Option<Spanned<toml::Value>>,
     name: Option<Spanned<toml::Value>>,
     hostname: Option<Spanned<toml::Value>>,
+    banner: Option<Spanned<toml::Value>>,
     loglevel: Option<Spanned<toml::Value>>,
     listen: Option<Spanned<toml::Value>>,
     allowed_clients: Option<Spanned<toml::Value>>,
@@ -458,6 +467,7 @@ impl RawToml {
             ("queue", self.queue),
             ("name", self.name),
             ("hostname", self.hostname),
+            ("banner", self.banner),
             ("loglevel", self.loglevel),
             ("listen", self.listen),
             ("allowed_clients", self.allowed_clients),
@@ -612,6 +622,29 @@ fn check_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The greeting's text: one line of printable ASCII that starts with the server's name, as
+/// RFC 5321 §4.2 wants of a greeting (and Postfix of its `smtpd_banner`).
+fn check_banner(b: &str) -> Result<(), String> {
+    if !b.starts_with("$hostname") {
+        return Err(format!(
+            "`banner` must start with $hostname: a greeting names the server first (got {b:?})"
+        ));
+    }
+    if b.len() > 200 || !b.bytes().all(|c| (0x20..0x7f).contains(&c)) {
+        return Err(format!(
+            "`banner` must be at most 200 printable ASCII characters (got {b:?})"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The greeting's text, `banner` with `$hostname` replaced.
+    pub fn greeting(&self) -> String {
+        self.banner.replace("$hostname", &self.hostname)
+    }
+}
+
 fn check_url(key: &str, url: &str) -> Result<(), String> {
     let lower = url.to_ascii_lowercase();
     let rest = lower
@@ -696,6 +729,11 @@ fn apply(config: &mut Config, key: &str, v: Val<'_>) -> Result<(), String> {
             let h = want_string(key, v)?;
             check_hostname(&h).map_err(|e| format!("`hostname` {e}"))?;
             config.hostname = h;
+        }
+        "banner" => {
+            let b = want_string(key, v)?;
+            check_banner(&b)?;
+            config.banner = b;
         }
         "loglevel" => {
             let s = want_string(key, v)?;
@@ -1061,6 +1099,7 @@ impl Config {
             ("queue", toml_string(&self.queue)),
             ("name", toml_string(&self.name)),
             ("hostname", toml_string(&self.hostname)),
+            ("banner", toml_string(&self.banner)),
             ("loglevel", toml_string(self.loglevel.as_str())),
             ("listen", toml_list(&self.listen)),
             ("allowed_clients", toml_list(&self.allowed_clients)),
@@ -1220,6 +1259,19 @@ mod tests {
         let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
         assert_eq!(c.name, host);
         assert_eq!(c.hostname, host);
+        assert_eq!(c.greeting(), format!("{host} ESMTP"));
+    }
+
+    #[test]
+    fn banner_names_the_host_first() {
+        let c = Config::parse(
+            "hostname = \"mx.example\"\nbanner = \"$hostname ESMTP Postfix (Debian/GNU)\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.greeting(), "mx.example ESMTP Postfix (Debian/GNU)");
+        assert!(c
+            .to_toml()
+            .contains("banner = \"$hostname ESMTP Postfix (Debian/GNU)\"\n"));
     }
 
     #[test]
@@ -1334,6 +1386,9 @@ strict_recipients = true
             ("allowed_clients = [\"::1/129\"]\n", "allowed_clients", 1),
             ("allowed_clients = []\n", "allowed_clients", 1),
             ("hostname = \"two words\"\n", "hostname", 1),
+            ("banner = \"ESMTP ready\"\n", "banner", 1),
+            ("banner = \"$hostname\\r\\n250 forged\"\n", "banner", 1),
+            ("banner = 25\n", "banner", 1),
             ("hostname = \"\"\n", "hostname", 1),
             ("name = \"a\\nb\"\n", "name", 1),
             ("username = \"a:b\"\n", "username", 1),

@@ -27,6 +27,7 @@ use harness::{drive as run, Outcome, Transcript};
 fn small_config() -> SessionConfig {
     SessionConfig {
         hostname: "mx.test".to_string(),
+        banner: String::new(),
         max_message_size: 100,
         max_recipients: 2,
         max_line_length: 80,
@@ -415,6 +416,7 @@ impl Client {
 fn config() -> SessionConfig {
     SessionConfig {
         hostname: "mx.test".to_string(),
+        banner: String::new(),
         max_message_size: 1000,
         max_recipients: 3,
         max_line_length: 512,
@@ -533,6 +535,7 @@ fn failed_commit_is_452_never_250() {
 fn queue_id_and_hostname_cannot_inject_lines() {
     let mut session = Session::new(SessionConfig {
         hostname: "evil\r\n250 host".to_string(),
+        banner: String::new(),
         ..config()
     });
     let mut out = Vec::new();
@@ -1177,4 +1180,23 @@ fn swaks_over_sendmail_bs() {
         );
     }
     assert!(bridge.rejections().is_empty(), "{:?}", bridge.rejections());
+}
+
+#[test]
+fn the_banner_is_the_greeting() {
+    let mut session = Session::new(SessionConfig {
+        banner: "mx.test ESMTP Postfix (Debian/GNU)".into(),
+        ..config()
+    });
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    assert_eq!(out, b"220 mx.test ESMTP Postfix (Debian/GNU)\r\n");
+    // Whatever a caller passes, the greeting stays one line.
+    let mut session = Session::new(SessionConfig {
+        banner: "mx.test\r\n250 forged".into(),
+        ..config()
+    });
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    assert_eq!(out, b"220 mx.test250 forged\r\n");
 }

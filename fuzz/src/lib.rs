@@ -11,6 +11,7 @@ use smtp_bridge::smtp::{Event, Session, SessionConfig, Transaction};
 pub fn small_config() -> SessionConfig {
     SessionConfig {
         hostname: "mx.test".to_string(),
+        banner: String::new(),
         max_message_size: 100,
         max_recipients: 2,
         max_line_length: 64,
@@ -21,6 +22,7 @@ pub fn small_config() -> SessionConfig {
 pub fn default_config() -> SessionConfig {
     SessionConfig {
         hostname: "mx.test".to_string(),
+        banner: String::new(),
         max_message_size: 33_554_432,
         max_recipients: 1000,
         max_line_length: 2048,

@@ -467,6 +467,7 @@ fn smtp_session(
 ) -> Result<(), SendmailError> {
     let session = crate::smtp::SessionConfig {
         hostname: config.hostname.clone(),
+        banner: config.greeting(),
         max_message_size: config.max_message_size,
         max_recipients: config.max_recipients,
         max_line_length: SMTP_MAX_LINE,

@@ -361,6 +361,7 @@ mod tests {
         server.set_nonblocking(true).unwrap();
         let session = Session::new(SessionConfig {
             hostname: "test.example".to_owned(),
+            banner: String::new(),
             max_message_size: 64 << 20,
             max_recipients: 100,
             max_line_length: 2048,

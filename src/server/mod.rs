@@ -149,6 +149,7 @@ impl Limits {
 pub fn session_config(c: &Config) -> SessionConfig {
     SessionConfig {
         hostname: c.hostname.clone(),
+        banner: c.greeting(),
         max_message_size: c.max_message_size,
         max_recipients: c.max_recipients,
         max_line_length: MAX_LINE_LENGTH,

@@ -50,6 +50,9 @@ use parser::{Body, Command, MailParams, ParseError};
 pub struct SessionConfig {
     /// Our name in the greeting and the EHLO reply.
     pub hostname: String,
+    /// The greeting's text after `220 ` (already expanded, see `Config::greeting`); empty
+    /// for `<hostname> ESMTP`.
+    pub banner: String,
     /// SIZE limit in bytes: a larger `SIZE=` is refused at MAIL, a larger message at the end
     /// of its data, with `552 5.3.4`.
     pub max_message_size: u64,
@@ -290,9 +293,20 @@ impl Session {
         self.log_id = id.to_string();
     }
 
-    /// Writes the `220 <hostname> ESMTP` greeting.
+    /// Writes the `220 <hostname> ESMTP` greeting, or `220 <banner>` when one is set
+    /// (printable ASCII only: nothing in it can end the line early).
     pub fn greeting(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(format!("220 {} ESMTP\r\n", self.hostname).as_bytes());
+        let banner: String = self
+            .config
+            .banner
+            .chars()
+            .filter(|c| *c == ' ' || c.is_ascii_graphic())
+            .collect();
+        if banner.trim().is_empty() {
+            out.extend_from_slice(format!("220 {} ESMTP\r\n", self.hostname).as_bytes());
+        } else {
+            out.extend_from_slice(format!("220 {banner}\r\n").as_bytes());
+        }
     }
 
     /// Processes input from its start; returns how many bytes were consumed and what to do.
