@@ -16,7 +16,7 @@ use smtp_bridge::deliver::DeliveryThread;
 use smtp_bridge::privileges::{self, PrivilegeError, Target};
 use smtp_bridge::server::{self, listen, ServerError};
 use smtp_bridge::spool::Spool;
-use smtp_bridge::{logging, sysexits};
+use smtp_bridge::{logging, showq, sysexits};
 
 const HELP: &str = "\
 smtp_bridge - local SMTP daemon that forwards a digest of every message to the XMPP bridge
@@ -170,6 +170,7 @@ fn run() -> Result<(), Failure> {
     drop_privileges(target.as_ref())?;
     start_log_writer();
     let delivery = start_delivery(&config)?;
+    start_showq(&config, &delivery);
     let reload = {
         let path = args.config.clone();
         let level = args.loglevel;
@@ -311,6 +312,17 @@ fn start_log_writer() {
 /// Step 7: the background delivery thread.
 fn start_delivery(config: &Config) -> Result<DeliveryThread, Failure> {
     DeliveryThread::spawn(config.clone()).map_err(Failure::Delivery)
+}
+
+/// Step 8: the socket through which every user's `mailq` and `sendmail -q` reach the
+/// queue. Without it only root and the spool's owner can; the daemon serves on.
+fn start_showq(config: &Config, delivery: &DeliveryThread) {
+    if let Err(e) = showq::start(config, delivery.flusher()) {
+        log::warn!(
+            "cannot serve mailq for every user at {}: {e}; only root and the spool's owner can list the queue",
+            showq::socket_path(&config.spool_dir).display()
+        );
+    }
 }
 
 #[cfg(test)]

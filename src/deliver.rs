@@ -390,8 +390,22 @@ fn human(d: Duration) -> String {
 #[derive(Debug)]
 enum Command {
     Nudge,
+    /// Deliver what waits now, ignoring retry delays (`sendmail -q` by any user).
+    Flush,
     Reload(Box<Config>),
     Shutdown,
+}
+
+/// Asks the delivery thread to deliver what waits now, ignoring retry delays; see
+/// [`DeliveryThread::flusher`].
+#[derive(Debug, Clone)]
+pub struct Flusher(Sender<Command>);
+
+impl Flusher {
+    /// Never blocks; false when the delivery thread is gone.
+    pub fn flush(&self) -> bool {
+        self.0.send(Command::Flush).is_ok()
+    }
 }
 
 /// The daemon's background delivery thread.
@@ -465,6 +479,11 @@ impl DeliveryThread {
         }
     }
 
+    /// A handle that asks this thread for a pass that ignores retry delays, from any thread.
+    pub fn flusher(&self) -> Flusher {
+        Flusher(self.commands.clone())
+    }
+
     /// How many passes the thread has run (started) so far: for tests and diagnostics.
     pub fn passes(&self) -> u64 {
         self.passes.load(Ordering::SeqCst)
@@ -524,7 +543,7 @@ enum BridgeState {
 pub const DELIVERY_NICENESS: i32 = 10;
 
 /// Raises the calling thread's nice value by `by` (capped at 19). Linux keeps one per thread.
-fn lower_own_priority(by: i32) -> io::Result<()> {
+pub(crate) fn lower_own_priority(by: i32) -> io::Result<()> {
     use nix::libc;
     let tid = nix::unistd::gettid().as_raw() as libc::id_t;
     nix::errno::Errno::clear();
@@ -602,9 +621,11 @@ fn run_thread(
             }
         }
         let mut reloaded = false;
+        let mut flushed = false;
         for command in commands {
             match command {
                 Command::Nudge => nudged.store(false, Ordering::SeqCst),
+                Command::Flush => flushed = true,
                 Command::Reload(new) => {
                     config = *new;
                     reloaded = true;
@@ -617,7 +638,7 @@ fn run_thread(
             return;
         }
         // Only nudges, and the head still waits: nothing could go out before it.
-        if head_waits && !timed_out && !reloaded && Instant::now() < due {
+        if head_waits && !timed_out && !reloaded && !flushed && Instant::now() < due {
             continue;
         }
         let quiet = matches!(state, BridgeState::Failing { .. });
@@ -627,7 +648,7 @@ fn run_thread(
             .as_ref()
             .filter(|k| k.root() == config.spool_dir)
             .map(|k| (spares, k));
-        let result = run_pass(&config, false, stop, quiet, keeping);
+        let result = run_pass(&config, flushed, stop, quiet, keeping);
         head_waits =
             matches!(&result, Ok(pass) if !pass.locked_out && pass.report.next_due.is_some());
         due = match result {

@@ -12,6 +12,7 @@
 //! - [`deliver`]: drains the spool through the bridge, in order, with backoff and a lifetime
 //! - [`smtp`]: the SMTP protocol engine (bytes in, replies and events out, no I/O)
 //! - [`server`]: the mio event loop of the daemon
+//! - [`showq`]: `mailq` and `sendmail -q` for every user, answered by the daemon over a socket
 //! - [`privileges`]: drop root after binding, and prove it is gone
 //! - [`sendmail`]: the sendmail command line and stdin rules
 //! - [`logging`]: syslog (facility mail) with a stderr fallback
@@ -28,6 +29,7 @@ pub mod logging;
 pub mod privileges;
 pub mod sendmail;
 pub mod server;
+pub mod showq;
 pub mod smtp;
 pub mod spool;
 pub mod sysexits;

@@ -15,6 +15,7 @@
 //! | `queue.lock` | 0600 | flock'd by whoever runs the queue ([`Spool::lock_runner`]) |
 //! | `maildrop.lock` | 0600 | flock'd while the maildrop is ingested |
 //! | `backlog` | 0644 | present while delivery is backed up ([`Spool::set_backlog`]) |
+//! | `public/showq` | 0666 | the daemon's socket answering `mailq` and `sendmail -q` for every user ([`crate::showq`]) |
 //! | `maildrop/.waiting` | 0644 | left by `sendmail` after a drop-off, until it is taken in ([`Spool::mark_maildrop`]) |
 //!
 //! # Files
@@ -820,6 +821,7 @@ impl Spool {
         ensure_dir(&self.maildrop_dir(), 0o1733, owner)?;
         ensure_dir(&self.queue_dir(), 0o700, owner)?;
         ensure_dir(&self.failed_dir(), 0o700, owner)?;
+        ensure_dir(&self.root.join("public"), 0o755, owner)?;
         for dir in [self.queue_dir(), self.failed_dir(), self.maildrop_dir()] {
             remove_stale_temps(&dir)?;
         }

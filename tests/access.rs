@@ -452,6 +452,63 @@ fn a_drop_off_is_picked_up_within_seconds() {
     );
 }
 
+/// `mailq` and `sendmail -q` by an ordinary user, who may not read the spool: the running
+/// daemon answers for it over `public/showq`, as Postfix's showq and flush services do.
+#[test]
+fn an_ordinary_user_lists_and_flushes_the_queue_through_the_daemon() {
+    if !common::require_root() {
+        return;
+    }
+    let (bridge, d) = common::daemon::setup("a-showq", "");
+    let socket = d.dir().join("spool").join(smtp_bridge::showq::SOCKET);
+    assert!(common::wait_until(SOON, || socket.exists()));
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
+    bridge.set_behaviour(Behaviour::Down);
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("waiting", "x")).unwrap().0, 250);
+    d.wait_log("status=deferred", SOON);
+    let config = d.dir().join("smtp_bridge.conf");
+    let as_mallory = |args: &[&str]| {
+        Command::new(common::sendmail_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .uid(MALLORY)
+            .gid(MALLORY)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let listing = as_mallory(&["-bp"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.status.success(), "{listing:?}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("<a@example.org>") && text.contains("(connection refused"),
+        "{text}"
+    );
+    // The next retry is 10 s away; asking for a queue run delivers at once.
+    bridge.set_behaviour(Behaviour::Accept);
+    let asked = std::time::Instant::now();
+    let flush = as_mallory(&["-q"]);
+    assert!(flush.status.success(), "{flush:?}");
+    assert_eq!(flush.stdout, b"", "silent without -v or a terminal");
+    bridge.wait_for(1, SOON);
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "delivered after {:?}: the flush did not run the queue",
+        asked.elapsed()
+    );
+    let listing = as_mallory(&["-bp"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout),
+        "Mail queue is empty\n"
+    );
+}
+
 // ---- the config file ------------------------------------------------------------------
 
 #[test]

@@ -27,6 +27,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::digest::MAX_PARSE_BYTES;
 use crate::envelope::{cap_full_name, Envelope, Origin};
+use crate::showq;
 use crate::spool::Spool;
 use crate::sysexits;
 
@@ -123,7 +124,7 @@ impl fmt::Display for SendmailError {
             SendmailError::Submit(e) => write!(f, "cannot queue message: {e}"),
             SendmailError::QueuePermission(e) => write!(
                 f,
-                "cannot access the mail queue: {e} (only root and the spool owner may)"
+                "cannot access the mail queue: {e} (only root and the spool owner may while the smtp_bridge daemon is not running)"
             ),
             SendmailError::Queue(e) => write!(f, "mail queue: {e}"),
             SendmailError::Session(e) => write!(f, "smtp session on stdin/stdout: {e}"),
@@ -502,76 +503,49 @@ fn queue_error(e: io::Error) -> SendmailError {
     }
 }
 
-/// `mailq`, `sendmail -bp`: `Mail queue is empty`, or one line per waiting message: ID,
-/// size, arrival (UTC), sender, recipients and the last error.
+/// `mailq`, `sendmail -bp`: `Mail queue is empty`, or one line per waiting message
+/// ([`showq::queue_listing`]). Root and the spool's owner read the spool; anyone else asks
+/// the running daemon, which answers for it (and without one gets exit 77).
 fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailError> {
+    if !may_run_queue(config) {
+        if let Some(listing) = ask_daemon(config, "list")? {
+            return write_output(output, listing.as_bytes());
+        }
+    }
     let spool = Spool::new(&config.spool_dir);
-    if !spool.root().exists() {
-        // Nothing was ever spooled on this box.
-        return write_output(output, b"Mail queue is empty\n");
-    }
-    // What local users dropped off is waiting too; list it with the rest.
-    spool
-        .ingest_maildrop(config.max_message_size)
-        .map_err(queue_error)?;
-    let entries = spool.list().map_err(queue_error)?;
-    let mut text = String::new();
-    if entries.is_empty() {
-        text.push_str("Mail queue is empty\n");
-    }
-    for entry in &entries {
-        // Addresses come from any local user and this goes to root's terminal: control
-        // characters are shown %XX-escaped, never sent as is.
-        let recipients = if entry.envelope.recipients.is_empty() {
-            "(no recipients)".to_owned()
-        } else {
-            entry
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| printable(r))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        text.push_str(&format!(
-            "{}  {:>8}  {}  <{}>  {}",
-            entry.id,
-            entry.size,
-            crate::datetime::iso(entry.envelope.arrival),
-            printable(&entry.envelope.sender),
-            recipients
-        ));
-        if let Some(error) = &entry.last_error {
-            text.push_str(&format!("  ({})", printable(&one_line(error))));
-        }
-        text.push('\n');
-    }
-    write_output(output, text.as_bytes())
+    let listing = showq::queue_listing(&spool, config.max_message_size).map_err(queue_error)?;
+    write_output(output, listing.as_bytes())
 }
 
-/// A reason as readable text with its control characters (ESC, BEL, …) `%XX`-escaped.
-fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Whether this process may read and run the queue itself: root, or the spool's owner (or
+/// there is no spool yet).
+fn may_run_queue(config: &Config) -> bool {
+    Uid::effective().is_root()
+        || std::fs::metadata(&config.spool_dir)
+            .map_or(true, |m| m.uid() == Uid::effective().as_raw())
 }
 
-/// Keeps a listing to one line per message whatever a stored reason holds.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Asks the running daemon through its socket: `None` when no daemon answers.
+fn ask_daemon(config: &Config, what: &str) -> Result<Option<String>, SendmailError> {
+    showq::request(&config.spool_dir, what).map_err(SendmailError::Queue)
 }
 
 /// `sendmail -q`: deliver what is waiting now, ignoring the backoff schedule.
 fn run_queue(config: &Config, summary: bool, output: &mut dyn Write) -> Result<(), SendmailError> {
+    if !may_run_queue(config) {
+        // Anyone may ask the running daemon to run the queue now, as Postfix's flush
+        // service allows; it goes on in the background.
+        if ask_daemon(config, "flush")?.is_some() {
+            log::info!("queue run: asked the daemon to deliver what waits now");
+            if summary {
+                write_output(
+                    output,
+                    b"the daemon is delivering the waiting messages now\n",
+                )?;
+            }
+            return Ok(());
+        }
+    }
     let report = if Spool::new(&config.spool_dir).root().exists() {
         crate::deliver::run_once(config, true).map_err(queue_error)?
     } else {
@@ -651,10 +625,5 @@ mod tests {
         assert_eq!(queue_error(denied).exit_code(), sysexits::EX_NOPERM);
         let other = io::Error::from(io::ErrorKind::NotFound);
         assert_eq!(queue_error(other).exit_code(), sysexits::EX_TEMPFAIL);
-    }
-
-    #[test]
-    fn one_line_listing() {
-        assert_eq!(one_line("connect:\n refused\t now"), "connect: refused now");
     }
 }
