@@ -107,13 +107,13 @@ pub fn date(msg: &Message<'_>) -> Option<String> {
     (!shown.is_empty()).then_some(shown)
 }
 
-/// A Subject written in raw 8-bit Latin-1 (no RFC 2047 encoded words), which mail-parser
-/// reads as UTF-8 with replacement characters, decoded as Windows-1252 instead.
-pub fn legacy_subject(msg: &Message<'_>, decoded: &str) -> Option<String> {
+/// A header (Subject, From) written in raw 8-bit Latin-1 (no RFC 2047 encoded words), which
+/// mail-parser reads as UTF-8 with replacement characters, decoded as Windows-1252 instead.
+pub fn legacy_header(msg: &Message<'_>, name: &str, decoded: &str) -> Option<String> {
     if !decoded.contains('\u{fffd}') {
         return None;
     }
-    let raw = raw_header_bytes(msg, "Subject")?;
+    let raw = raw_header_bytes(msg, name)?;
     if raw.windows(2).any(|w| w == b"=?") {
         return None;
     }

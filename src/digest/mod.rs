@@ -303,7 +303,7 @@ fn from_message(
 ) -> Digest {
     let subject = msg
         .subject()
-        .map(|s| headers::legacy_subject(msg, s).unwrap_or_else(|| s.to_string()))
+        .map(|s| headers::legacy_header(msg, "Subject", s).unwrap_or_else(|| s.to_string()))
         .map(|s| one_line(&s, headers::SUBJECT_MAX))
         .unwrap_or_default();
 
@@ -312,6 +312,11 @@ fn from_message(
         .map(|a| headers::format_addresses(a, MAX_ADDRESSES_SHOWN))
         .filter(|(shown, _)| !shown.is_empty())
         .map(|(shown, more)| list(&shown, more))
+        .map(|from| match headers::legacy_header(msg, "From", &from) {
+            // Shown as written, once its bytes are read as the Latin-1 they are.
+            Some(raw) => one_line(&raw, headers::ADDRESS_MAX),
+            None => from,
+        })
         .or_else(|| {
             // An unparsable From is still worth showing as written.
             headers::raw_header(msg, "From")

@@ -810,3 +810,13 @@ fn a_null_sender_is_said_even_when_the_from_is_made_up() {
     );
     assert!(r.contains("\nEnvelope sender: <> (null sender)\n"), "{r}");
 }
+
+#[test]
+fn raw_latin1_from_is_read_like_the_subject() {
+    let raw = b"From: J\xf6rg <j@example.org>\nSubject: Gr\xfc\xdfe\n\nx\n";
+    let d = digest(raw);
+    assert_eq!(
+        (d.from.as_str(), d.subject.as_str()),
+        ("J\u{f6}rg <j@example.org>", "Gr\u{fc}\u{df}e")
+    );
+}
