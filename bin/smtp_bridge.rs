@@ -317,7 +317,7 @@ fn start_delivery(config: &Config) -> Result<DeliveryThread, Failure> {
 /// Step 8: the socket through which every user's `mailq` and `sendmail -q` reach the
 /// queue. Without it only root and the spool's owner can; the daemon serves on.
 fn start_showq(config: &Config, delivery: &DeliveryThread) {
-    if let Err(e) = showq::start(config, delivery.flusher()) {
+    if let Err(e) = showq::start(config, delivery.handle()) {
         log::warn!(
             "cannot serve mailq for every user at {}: {e}; only root and the spool's owner can list the queue",
             showq::socket_path(&config.spool_dir).display()

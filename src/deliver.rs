@@ -334,7 +334,7 @@ fn run_pass(
     }
     removals.sync()?;
     let left = pass.report.deferred + pass.report.waiting;
-    if let Err(e) = spool.set_backlog(left > 0) {
+    if let Err(e) = spool.settle_backlog(left > 0) {
         log::warn!("cannot update the backlog marker: {e}");
     }
     Ok(pass)
@@ -396,15 +396,30 @@ enum Command {
     Shutdown,
 }
 
-/// Asks the delivery thread to deliver what waits now, ignoring retry delays; see
-/// [`DeliveryThread::flusher`].
+/// What another thread of the daemon (the `showq` server) may ask of the delivery thread;
+/// see [`DeliveryThread::handle`].
 #[derive(Debug, Clone)]
-pub struct Flusher(Sender<Command>);
+pub struct DeliveryHandle {
+    commands: Sender<Command>,
+    max_message_size: Arc<AtomicU64>,
+}
 
-impl Flusher {
-    /// Never blocks; false when the delivery thread is gone.
+impl DeliveryHandle {
+    /// Deliver what waits now, ignoring retry delays. Never blocks; false when the delivery
+    /// thread is gone.
     pub fn flush(&self) -> bool {
-        self.0.send(Command::Flush).is_ok()
+        self.commands.send(Command::Flush).is_ok()
+    }
+
+    /// New mail is in the queue: run a pass soon (nothing overtakes a waiting message).
+    pub fn nudge(&self) {
+        let _ = self.commands.send(Command::Nudge);
+    }
+
+    /// `max_message_size` as the delivery thread has it now (a reload may change it), the
+    /// limit for taking the maildrop in.
+    pub fn max_message_size(&self) -> u64 {
+        self.max_message_size.load(Ordering::Relaxed)
     }
 }
 
@@ -429,6 +444,8 @@ pub struct DeliveryThread {
     passes: Arc<AtomicU64>,
     /// Files of delivered messages, for the daemon's new ones.
     spares: Arc<Spares>,
+    /// The configuration's `max_message_size`, as of the last reload.
+    max_message_size: Arc<AtomicU64>,
     /// Receives one message when the thread has ended.
     finished: Receiver<()>,
     handle: Option<JoinHandle<()>>,
@@ -449,13 +466,22 @@ impl DeliveryThread {
         let stop = Arc::new(AtomicBool::new(false));
         let passes = Arc::new(AtomicU64::new(0));
         let spares = Arc::new(Spares::new(SPARE_BYTES));
+        let max_message_size = Arc::new(AtomicU64::new(config.max_message_size));
         let handle = {
             let (nudged, stop, passes) = (nudged.clone(), stop.clone(), passes.clone());
             let spares = spares.clone();
+            let limit = max_message_size.clone();
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
-                    run_thread(config, poll, inbox, &nudged, &stop, &passes, &spares);
+                    let shared = Shared {
+                        nudged: &nudged,
+                        stop: &stop,
+                        passes: &passes,
+                        spares: &spares,
+                        max_message_size: &limit,
+                    };
+                    run_thread(config, poll, inbox, &shared);
                     let _ = done.send(());
                 })?
         };
@@ -465,6 +491,7 @@ impl DeliveryThread {
             stop,
             passes,
             spares,
+            max_message_size,
             finished,
             handle: Some(handle),
         })
@@ -479,9 +506,12 @@ impl DeliveryThread {
         }
     }
 
-    /// A handle that asks this thread for a pass that ignores retry delays, from any thread.
-    pub fn flusher(&self) -> Flusher {
-        Flusher(self.commands.clone())
+    /// A handle through which another thread asks this one for passes.
+    pub fn handle(&self) -> DeliveryHandle {
+        DeliveryHandle {
+            commands: self.commands.clone(),
+            max_message_size: self.max_message_size.clone(),
+        }
     }
 
     /// How many passes the thread has run (started) so far: for tests and diagnostics.
@@ -560,15 +590,24 @@ pub(crate) fn lower_own_priority(by: i32) -> io::Result<()> {
     Ok(())
 }
 
-fn run_thread(
-    mut config: Config,
-    poll: Duration,
-    inbox: Receiver<Command>,
-    nudged: &AtomicBool,
-    stop: &AtomicBool,
-    passes: &AtomicU64,
-    spares: &Spares,
-) {
+/// What the delivery thread shares with its [`DeliveryThread`] and [`DeliveryHandle`]s.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    nudged: &'a AtomicBool,
+    stop: &'a AtomicBool,
+    passes: &'a AtomicU64,
+    spares: &'a Spares,
+    max_message_size: &'a AtomicU64,
+}
+
+fn run_thread(mut config: Config, poll: Duration, inbox: Receiver<Command>, shared: &Shared<'_>) {
+    let Shared {
+        nudged,
+        stop,
+        passes,
+        spares,
+        max_message_size,
+    } = *shared;
     if let Err(e) = lower_own_priority(DELIVERY_NICENESS) {
         // A seccomp filter without setpriority (see the shipped unit), say.
         log::info!("delivery: cannot lower its CPU priority ({e}): it shares the CPU with clients");
@@ -628,6 +667,7 @@ fn run_thread(
                 Command::Flush => flushed = true,
                 Command::Reload(new) => {
                     config = *new;
+                    max_message_size.store(config.max_message_size, Ordering::Relaxed);
                     reloaded = true;
                     log::info!("delivery: configuration reloaded");
                 }

@@ -8,27 +8,41 @@
 //! - `flush`: the delivery thread delivers what waits now, ignoring retry delays, as root's
 //!   `sendmail -q` does; answered `ok` at once, delivery goes on in the background.
 //!
-//! Anything else gets `error: …`. A thread of its own serves the requests one at a time, with
-//! [`IO_TIMEOUT`] for each read and write, at the delivery thread's lowered CPU priority: a
-//! local user can make it work, and never make the event loop wait.
+//! Anything else gets `error: …`. An answer is `ok <length>` and its text, so a listing cut
+//! short is never taken for a whole one. A thread of its own serves the requests one at a
+//! time, at the delivery thread's lowered CPU priority: a request line must arrive within
+//! [`REQUEST_DEADLINE`] and each write of the answer within [`IO_TIMEOUT`], and forced queue
+//! runs come at most every [`FLUSH_INTERVAL`]. A local user can make it work and delay
+//! another user's `mailq`, never make the event loop wait or the bridge be hammered.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::config::Config;
-use crate::deliver::{Flusher, DELIVERY_NICENESS};
+use crate::deliver::{DeliveryHandle, DELIVERY_NICENESS};
 use crate::spool::Spool;
 
 /// The socket, relative to the spool directory.
 pub const SOCKET: &str = "public/showq";
-/// How long one read or write of a request may take, on either side.
+/// How long one write of an answer, or of a request, may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send its request line, in all.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
+/// The shortest time between two queue runs forced through the socket; a `flush` sooner is
+/// answered `ok` and coalesced with the one before.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a client keeps trying while the daemon's queue of pending requests is full.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a client waits for a whole listing (a long queue takes a while to read).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest request line read.
@@ -43,7 +57,7 @@ pub fn socket_path(spool_dir: &Path) -> PathBuf {
 
 /// Binds the socket (replacing one a previous run left) and starts the thread that serves
 /// it. Run as the spool's owner, after [`Spool::prepare`] made `public/`.
-pub fn start(config: &Config, flusher: Flusher) -> io::Result<()> {
+pub fn start(config: &Config, delivery: DeliveryHandle) -> io::Result<()> {
     let path = socket_path(&config.spool_dir);
     match fs::remove_file(&path) {
         Ok(()) => {}
@@ -53,21 +67,21 @@ pub fn start(config: &Config, flusher: Flusher) -> io::Result<()> {
     let listener = UnixListener::bind(&path)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
     let spool = Spool::new(config.spool_dir.clone());
-    let max_size = config.max_message_size;
     thread::Builder::new()
         .name("showq".into())
-        .spawn(move || serve(&listener, &spool, max_size, &flusher))?;
+        .spawn(move || serve(&listener, &spool, &delivery))?;
     Ok(())
 }
 
-fn serve(listener: &UnixListener, spool: &Spool, max_size: u64, flusher: &Flusher) {
+fn serve(listener: &UnixListener, spool: &Spool, delivery: &DeliveryHandle) {
     if let Err(e) = crate::deliver::lower_own_priority(DELIVERY_NICENESS) {
         log::info!("showq: cannot lower its CPU priority ({e})");
     }
+    let mut last_flush: Option<Instant> = None;
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                if let Err(e) = answer(stream, spool, max_size, flusher) {
+                if let Err(e) = answer(stream, spool, delivery, &mut last_flush) {
                     log::debug!("showq: request not answered: {e}");
                 }
             }
@@ -81,32 +95,72 @@ fn serve(listener: &UnixListener, spool: &Spool, max_size: u64, flusher: &Flushe
 }
 
 /// Reads one request line and answers it.
-fn answer(stream: UnixStream, spool: &Spool, max_size: u64, flusher: &Flusher) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+fn answer(
+    stream: UnixStream,
+    spool: &Spool,
+    delivery: &DeliveryHandle,
+    last_flush: &mut Option<Instant>,
+) -> io::Result<()> {
+    let line = read_request(&stream)?;
     let reply = match line.trim() {
-        "list" => match queue_listing(spool, max_size) {
-            Ok(listing) => format!("ok\n{listing}"),
+        "list" => match queue_listing(spool, delivery.max_message_size()) {
+            Ok((listing, taken_in)) => {
+                if taken_in > 0 {
+                    // What the listing took in from the maildrop goes out now, not at the
+                    // delivery thread's next look.
+                    delivery.nudge();
+                }
+                ok(&listing)
+            }
             Err(e) => format!("error: cannot read the queue: {e}\n"),
         },
         "flush" => {
-            if flusher.flush() {
-                "ok\n".to_owned()
+            if last_flush.is_some_and(|t| t.elapsed() < FLUSH_INTERVAL) {
+                ok("")
+            } else if delivery.flush() {
+                *last_flush = Some(Instant::now());
+                ok("")
             } else {
                 "error: the delivery thread has stopped\n".to_owned()
             }
         }
         _ => "error: unknown request\n".to_owned(),
     };
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
     (&stream).write_all(reply.as_bytes())
+}
+
+/// An answer: `ok`, the length of `text` in bytes, then `text`.
+fn ok(text: &str) -> String {
+    format!("ok {}\n{text}", text.len())
+}
+
+/// The request line, which must arrive whole within [`REQUEST_DEADLINE`] (a client sending
+/// a byte now and then does not hold the thread longer).
+fn read_request(stream: &UnixStream) -> io::Result<String> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut buf = [0u8; MAX_REQUEST as usize];
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_REQUEST {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match (&*stream).read(&mut buf[..MAX_REQUEST as usize - line.len()]) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Asks the running daemon: `Ok(None)` when none answers at the socket, the answer's text
 /// after `ok` otherwise, an error when it answered with one.
 pub fn request(spool_dir: &Path, what: &str) -> io::Result<Option<String>> {
-    let mut stream = match UnixStream::connect(socket_path(spool_dir)) {
+    let mut stream = match connect(&socket_path(spool_dir)) {
         Ok(stream) => stream,
         Err(e)
             if matches!(
@@ -123,26 +177,66 @@ pub fn request(spool_dir: &Path, what: &str) -> io::Result<Option<String>> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(format!("{what}\n").as_bytes())?;
-    let mut text = String::new();
-    stream.take(MAX_ANSWER).read_to_string(&mut text)?;
-    match text.strip_prefix("ok\n") {
-        Some(rest) => Ok(Some(rest.to_owned())),
-        None => {
-            let why = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
-            Err(io::Error::other(format!("the daemon answered: {why}")))
+    let mut answer = Vec::new();
+    stream.take(MAX_ANSWER).read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let Some((status, text)) = answer.split_once('\n') else {
+        return Err(io::Error::other("the daemon's answer was cut short"));
+    };
+    if let Some(len) = status.strip_prefix("ok ") {
+        return match len.parse::<usize>() {
+            Ok(len) if len == text.len() => Ok(Some(text.to_owned())),
+            _ => Err(io::Error::other("the daemon's answer was cut short")),
+        };
+    }
+    let why = status.strip_prefix("error: ").unwrap_or(status);
+    Err(io::Error::other(format!("the daemon answered: {why}")))
+}
+
+/// Connects without waiting forever: a Unix socket whose queue of pending connections is
+/// full (someone opening many and sending nothing) makes a blocking `connect` wait for good,
+/// so the attempt is non-blocking and repeated for [`CONNECT_PATIENCE`].
+fn connect(path: &Path) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+    let give_up = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        match socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+            Ok(()) => {
+                // SAFETY: `fd` is a connected socket this function owns; its ownership moves
+                // into the stream.
+                let stream = unsafe { UnixStream::from_raw_fd(fd.into_raw_fd()) };
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(Errno::EAGAIN) if Instant::now() < give_up => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(Errno::EAGAIN) => {
+                return Err(io::Error::other(
+                    "the daemon is not taking queue requests (too many pending)",
+                ))
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// `mailq`'s text: `Mail queue is empty`, or one line per waiting message: ID, size, arrival
-/// (UTC), sender, recipients and the last error. What local users left in the maildrop is
-/// taken in first, so it is listed with the rest.
-pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<String> {
+/// (UTC), sender, recipients and the last error; and how many messages local users left in
+/// the maildrop were taken in first, so that they are listed with the rest.
+pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)> {
     if !spool.root().exists() {
         // Nothing was ever spooled on this box.
-        return Ok("Mail queue is empty\n".to_owned());
+        return Ok(("Mail queue is empty\n".to_owned(), 0));
     }
-    spool.ingest_maildrop(max_size)?;
+    let taken_in = spool.ingest_maildrop(max_size)?.accepted;
     let entries = spool.list()?;
     let mut text = String::new();
     if entries.is_empty() {
@@ -177,7 +271,7 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<String> {
         }
         text.push('\n');
     }
-    Ok(text)
+    Ok((text, taken_in))
 }
 
 /// A reason as readable text with its control characters (ESC, BEL, …) `%XX`-escaped.

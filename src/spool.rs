@@ -920,11 +920,16 @@ impl Spool {
         // them one after the other.
         let _ingesting = self.lock_file("maildrop.lock", true)?;
         let dir = self.maildrop_dir();
-        // The mark goes before the listing: whatever is dropped off after it, its writer
-        // marks again, so no waiting message is ever left unmarked.
-        if let Err(e) = remove_if_exists(&self.maildrop_mark_path()) {
-            log::warn!("cannot remove the maildrop mark {MAILDROP_MARK}: {e}");
+        // What the mark held back is held back by the backlog marker from here on (set
+        // first, so that no moment is left with neither), until a delivery pass finds the
+        // queue empty. The mark goes before the listing: whatever is dropped off after it,
+        // its writer marks again.
+        if self.maildrop_marked() {
+            if let Err(e) = self.set_backlog(true) {
+                log::warn!("cannot mark the backlog: {e}");
+            }
         }
+        self.remove_maildrop_mark();
         remove_stale_temps(&dir)?;
         let mut names: Vec<OsString> = read_names(&dir)?
             .into_iter()
@@ -964,9 +969,10 @@ impl Spool {
         }
         match failure {
             Some(e) => {
-                // Messages are left behind: keep them marked.
-                if let Err(e) = self.mark_maildrop() {
-                    log::warn!("cannot mark the maildrop: {e}");
+                // Messages are left behind: later mail queues behind them. (Not the mark,
+                // which would bring the next attempt within a second, full disk or not.)
+                if let Err(e) = self.set_backlog(true) {
+                    log::warn!("cannot mark the backlog: {e}");
                 }
                 Err(e)
             }
@@ -1459,9 +1465,37 @@ impl Spool {
         }
     }
 
-    /// Whether a message waits in `maildrop/` (see [`Spool::mark_maildrop`]).
+    /// Whether a message waits in `maildrop/` (see [`Spool::mark_maildrop`]). Only a regular
+    /// file counts: a directory or a link someone made there marks nothing.
     pub fn maildrop_marked(&self) -> bool {
-        fs::symlink_metadata(self.maildrop_mark_path()).is_ok()
+        fs::symlink_metadata(self.maildrop_mark_path()).is_ok_and(|m| m.file_type().is_file())
+    }
+
+    /// Removes the mark, whatever it is (a local user may have made a directory of that
+    /// name: removed when empty, left otherwise, and never counted as a mark).
+    fn remove_maildrop_mark(&self) {
+        let path = self.maildrop_mark_path();
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(_) => return,
+        };
+        if let Err(e) = removed {
+            log::debug!("cannot remove the maildrop mark {MAILDROP_MARK}: {e}");
+        }
+    }
+
+    /// Sets the backlog marker at the end of a delivery pass: set when messages still wait,
+    /// cleared only when `queue/` is empty and the maildrop unmarked, checked under the
+    /// maildrop's lock, so that a pass which listed the queue before an ingestion (by
+    /// `mailq`) cannot clear the marker that ingestion set.
+    pub fn settle_backlog(&self, waiting: bool) -> io::Result<()> {
+        if waiting {
+            return self.set_backlog(true);
+        }
+        let _ingesting = self.lock_file("maildrop.lock", true)?;
+        let idle = self.ids()?.is_empty() && !self.maildrop_marked();
+        self.set_backlog(!idle)
     }
 
     /// Whether this process owns the spool, so that its messages go into `queue/` rather than

@@ -492,6 +492,11 @@ fn an_ordinary_user_lists_and_flushes_the_queue_through_the_daemon() {
     );
     // The next retry is 10 s away; asking for a queue run delivers at once.
     bridge.set_behaviour(Behaviour::Accept);
+    // Back up once binding its port fails again.
+    assert!(common::wait_until(SOON, || std::net::TcpListener::bind(
+        bridge.addr
+    )
+    .is_err()));
     let asked = std::time::Instant::now();
     let flush = as_mallory(&["-q"]);
     assert!(flush.status.success(), "{flush:?}");
@@ -507,6 +512,31 @@ fn an_ordinary_user_lists_and_flushes_the_queue_through_the_daemon() {
         String::from_utf8_lossy(&listing.stdout),
         "Mail queue is empty\n"
     );
+
+    // A client that sends its request a byte at a time, slower than anyone would, holds the
+    // socket for at most its one-second deadline, not until it is done trickling.
+    let trickler = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            for _ in 0..30 {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let listing = as_mallory(&["-bp"]);
+    assert!(listing.status.success(), "{listing:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "mailq waited {:?} behind a trickling client",
+        started.elapsed()
+    );
+    trickler.join().unwrap();
 }
 
 // ---- the config file ------------------------------------------------------------------

@@ -1141,3 +1141,41 @@ fn a_refused_envelope_costs_no_spare() {
     assert_eq!(spares.len(), 1);
     assert!(spare.exists());
 }
+
+/// The maildrop's mark and the backlog marker together: taking the maildrop in hands the
+/// mark over to the backlog marker (set before the mark goes), and only a pass that finds
+/// the queue empty and the maildrop unmarked clears it. A directory named like the mark
+/// marks nothing and is removed when empty.
+#[test]
+fn the_maildrop_mark_hands_over_to_the_backlog() {
+    let dir = TestDir::new("spool-mark");
+    let spool = prepared(&dir);
+    drop_message(&spool, &envelope("s@x", &["r@x"]), b"x");
+    spool.mark_maildrop().unwrap();
+    assert!(spool.maildrop_marked() && !spool.has_backlog());
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 1);
+    assert!(!spool.maildrop_marked() && spool.has_backlog());
+    // A pass that delivered nothing is not the one to clear it while mail waits.
+    spool.settle_backlog(false).unwrap();
+    assert!(spool.has_backlog(), "cleared with a message in queue/");
+    let id = spool.ids().unwrap().remove(0);
+    spool.remove(&id).unwrap();
+    spool.mark_maildrop().unwrap();
+    spool.settle_backlog(false).unwrap();
+    assert!(spool.has_backlog(), "cleared with the maildrop marked");
+    assert_eq!(spool.ingest_maildrop(1 << 20).unwrap().accepted, 0);
+    spool.settle_backlog(false).unwrap();
+    assert!(!spool.has_backlog());
+
+    let fake = spool
+        .root()
+        .join("maildrop")
+        .join(smtp_bridge::spool::MAILDROP_MARK);
+    fs::create_dir(&fake).unwrap();
+    assert!(!spool.maildrop_marked(), "a directory is no mark");
+    spool.ingest_maildrop(1 << 20).unwrap();
+    assert!(
+        !fake.exists(),
+        "an empty directory named like the mark stays"
+    );
+}

@@ -23,6 +23,11 @@ enum Break {
 /// by one instead, and `meta`/`link` have no content.
 const SKIPPED: &[&str] = &["script", "style", "title", "template", "svg"];
 
+/// Element names remembered as having no end tag left (see `Converter::unclosed`); once that
+/// many were, hidden elements are shown like any other: made-up names are unbounded, and
+/// each would cost a scan of the rest of the input.
+const MAX_UNCLOSED: usize = 32;
+
 /// Elements that start and end a paragraph (a blank line around them).
 const PARAGRAPH: &[&str] = &[
     "p",
@@ -88,6 +93,10 @@ struct Converter {
     /// Depth of `<pre>`: inside it whitespace is kept as written.
     pre: usize,
     link: Option<OpenLink>,
+    /// Elements with no end tag in the rest of the input, found while looking for the end
+    /// of a hidden one: never looked for again, so that a thousand hidden elements left
+    /// open cost one scan, not a thousand.
+    unclosed: Vec<String>,
 }
 
 /// Converts an HTML document or fragment to plain text.
@@ -104,6 +113,7 @@ pub fn to_text(html: &str) -> String {
         pending_space: false,
         pre: 0,
         link: None,
+        unclosed: Vec::new(),
     };
     let mut rest = html;
     while let Some(lt) = rest.find('<') {
@@ -206,12 +216,17 @@ impl Converter {
         if !closing && SKIPPED.contains(&name.as_str()) {
             return skip_element(rest, &name);
         }
-        if !closing && is_hidden(attrs) {
+        if !closing
+            && is_hidden(attrs)
+            && self.unclosed.len() < MAX_UNCLOSED
+            && !self.unclosed.contains(&name)
+        {
             // A newsletter's preheader (`display:none`, padded with invisible characters):
             // skipped up to its end tag, but only when there is one, so that a hidden
             // element left open never hides the rest of the message.
-            if let Some(after) = after_end_tag(rest, &name) {
-                return after;
+            match after_end_tag(rest, &name) {
+                Some(after) => return after,
+                None => self.unclosed.push(name.clone()),
             }
         }
         self.element(&name, closing, attrs);
@@ -663,5 +678,13 @@ mod tests {
         assert!(convert(&amps).starts_with("&#"));
         assert_eq!(convert("<a href=\"é\">é</a>"), "é");
         assert_eq!(attribute(" = = =", "href"), None);
+        // Hidden elements never closed (each used to cost a scan of the rest: minutes for
+        // a few MB), under one name and under many.
+        let hidden = "<b style=display:none>x".repeat(100_000);
+        assert_eq!(convert(&hidden).len(), 100_000);
+        let named: String = (0..20_000)
+            .map(|i| format!("<x{i} style=display:none>y"))
+            .collect();
+        assert_eq!(convert(&named).len(), 20_000);
     }
 }

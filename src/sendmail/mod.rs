@@ -513,7 +513,8 @@ fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailErr
         }
     }
     let spool = Spool::new(&config.spool_dir);
-    let listing = showq::queue_listing(&spool, config.max_message_size).map_err(queue_error)?;
+    let (listing, _) =
+        showq::queue_listing(&spool, config.max_message_size).map_err(queue_error)?;
     write_output(output, listing.as_bytes())
 }
 
