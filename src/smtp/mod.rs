@@ -555,12 +555,27 @@ impl Session {
             self.log_id,
             self.errors
         );
-        let aborting = matches!(self.state, State::Chunked { .. })
-            || matches!(event, Some(Event::MessageAbort));
-        self.enter(State::Closed, "errors");
-        out.extend_from_slice(
-            format!("421 4.7.0 {} Error: too many errors\r\n", self.hostname).as_bytes(),
-        );
+        let reply = format!("421 4.7.0 {} Error: too many errors\r\n", self.hostname);
+        let end = self.close_with(&reply, "errors", out);
+        // The refused command may itself have aborted a chunked message (a bad BDAT).
+        if matches!(event, Some(Event::MessageAbort)) {
+            event
+        } else {
+            end
+        }
+    }
+
+    /// Ends the session with `reply`. A chunked message already started is aborted first:
+    /// [`Event::MessageAbort`] now, and the next [`Session::feed`] returns [`Event::Close`].
+    fn close_with(
+        &mut self,
+        reply: &str,
+        cause: &str,
+        out: &mut Vec<u8>,
+    ) -> Option<Event<'static>> {
+        let aborting = matches!(self.state, State::Chunked { .. });
+        self.enter(State::Closed, cause);
+        out.extend_from_slice(reply.as_bytes());
         Some(if aborting {
             Event::MessageAbort
         } else {
@@ -595,14 +610,7 @@ impl Session {
     /// commands) is never read, and a chunked message already started is aborted first.
     fn forbidden(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
         log::warn!("{}: HTTP request on the SMTP port: closing", self.log_id);
-        let aborting = matches!(self.state, State::Chunked { .. });
-        self.enter(State::Closed, "HTTP request");
-        out.extend_from_slice(reply::FORBIDDEN.as_bytes());
-        Some(if aborting {
-            Event::MessageAbort
-        } else {
-            Event::Close
-        })
+        self.close_with(reply::FORBIDDEN, "HTTP request", out)
     }
 
     /// Answers a line that did not parse.
@@ -773,14 +781,7 @@ impl Session {
     /// QUIT: a chunked message already started is aborted first; the next
     /// [`Session::feed`] returns [`Event::Close`].
     fn quit(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        let aborting = matches!(self.state, State::Chunked { .. });
-        self.enter(State::Closed, "QUIT");
-        out.extend_from_slice(reply::BYE.as_bytes());
-        Some(if aborting {
-            Event::MessageAbort
-        } else {
-            Event::Close
-        })
+        self.close_with(reply::BYE, "QUIT", out)
     }
 
     fn transaction_of(&self, pending: Pending) -> Transaction {
