@@ -1493,6 +1493,11 @@ impl Spool {
         if waiting {
             return self.set_backlog(true);
         }
+        if !self.has_backlog() {
+            // Nothing to clear (nearly always): no lock, no listing. A marker set right
+            // after this look stays, which is the safe way to be wrong.
+            return Ok(());
+        }
         let _ingesting = self.lock_file("maildrop.lock", true)?;
         let idle = self.ids()?.is_empty() && !self.maildrop_marked();
         self.set_backlog(!idle)

@@ -25,7 +25,8 @@ pub fn tidy(s: &str) -> String {
     let mut blank_run = 0usize;
     let mut base64_run = 0usize;
     let mut normalised = s.replace("\r\n", "\n");
-    if normalised.contains(['\u{2028}', '\u{2029}']) {
+    // One memchr-backed search per character; a set of characters goes char by char.
+    if normalised.contains('\u{2028}') || normalised.contains('\u{2029}') {
         normalised = normalised.replace(['\u{2028}', '\u{2029}'], "\n");
     }
     let lines: Box<dyn Iterator<Item = &str>> = if normalised.contains('\n') {
@@ -93,7 +94,7 @@ fn push_line(out: &mut String, blank_run: &mut usize, line: &str) {
 /// Makes one line readable: escape sequences and backspace overstrikes undone (see
 /// [`without_escapes`]), unwanted characters removed, long blank runs shortened.
 fn clean_line(line: &str) -> std::borrow::Cow<'_, str> {
-    if line.chars().all(|c| !unwanted(c)) && !has_long_blank_run(line) {
+    if is_plain(line) {
         return line.into();
     }
     let line = without_escapes(line);
@@ -108,7 +109,28 @@ fn clean_line(line: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-fn has_long_blank_run(line: &str) -> bool {
+/// Whether a line needs no cleaning (the common case, checked first): printable ASCII and
+/// tabs, or other characters none of which is unwanted, and no long blank run.
+fn is_plain(line: &str) -> bool {
+    let mut blanks = 0usize;
+    for &b in line.as_bytes() {
+        if b == b' ' || b == b'\t' {
+            blanks += 1;
+            if blanks > MAX_BLANK_RUN {
+                return false;
+            }
+            continue;
+        }
+        blanks = 0;
+        if !(0x21..0x7f).contains(&b) {
+            // Control bytes, DEL, or the start of a non-ASCII character: look closer.
+            return b >= 0x80 && line.chars().all(|c| !unwanted(c)) && !long_blank_run(line);
+        }
+    }
+    true
+}
+
+fn long_blank_run(line: &str) -> bool {
     let mut blanks = 0usize;
     line.bytes().any(|b| {
         blanks = if b == b' ' || b == b'\t' {
@@ -124,6 +146,9 @@ fn has_long_blank_run(line: &str) -> bool {
 /// controls (overrides, isolates and marks), zero-width space, the byte order mark, and
 /// noncharacters.
 fn unwanted(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_control() && c != '\t';
+    }
     (c.is_control() && c != '\t')
         || matches!(
             c,
