@@ -401,6 +401,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct DeliveryHandle {
     commands: Sender<Command>,
+    nudged: Arc<AtomicBool>,
     max_message_size: Arc<AtomicU64>,
 }
 
@@ -413,13 +414,21 @@ impl DeliveryHandle {
 
     /// New mail is in the queue: run a pass soon (nothing overtakes a waiting message).
     pub fn nudge(&self) {
-        let _ = self.commands.send(Command::Nudge);
+        nudge(&self.commands, &self.nudged);
     }
 
     /// `max_message_size` as the delivery thread has it now (a reload may change it), the
     /// limit for taking the maildrop in.
     pub fn max_message_size(&self) -> u64 {
         self.max_message_size.load(Ordering::Relaxed)
+    }
+}
+
+/// Asks for a pass, never blocking: only one nudge waits in the channel at a time, and the
+/// pass it starts sees all mail committed before it.
+fn nudge(commands: &Sender<Command>, nudged: &AtomicBool) {
+    if !nudged.swap(true, Ordering::SeqCst) {
+        let _ = commands.send(Command::Nudge);
     }
 }
 
@@ -499,17 +508,14 @@ impl DeliveryThread {
 
     /// New mail was committed: run a pass soon. Never blocks.
     pub fn nudge(&self) {
-        // Only one nudge waits in the channel at a time; the pass it starts sees all mail
-        // committed before it.
-        if !self.nudged.swap(true, Ordering::SeqCst) {
-            let _ = self.commands.send(Command::Nudge);
-        }
+        nudge(&self.commands, &self.nudged);
     }
 
     /// A handle through which another thread asks this one for passes.
     pub fn handle(&self) -> DeliveryHandle {
         DeliveryHandle {
             commands: self.commands.clone(),
+            nudged: self.nudged.clone(),
             max_message_size: self.max_message_size.clone(),
         }
     }

@@ -30,7 +30,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use crate::config::Config;
 use crate::deliver::{DeliveryHandle, DELIVERY_NICENESS};
-use crate::spool::Spool;
+use crate::spool::{escape_text, Spool};
 
 /// The socket, relative to the spool directory.
 pub const SOCKET: &str = "public/showq";
@@ -252,7 +252,7 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
                 .envelope
                 .recipients
                 .iter()
-                .map(|r| printable(r))
+                .map(|r| escape_text(r))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -263,34 +263,28 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
             entry.id,
             entry.size,
             crate::datetime::iso(entry.envelope.arrival),
-            printable(&entry.envelope.sender),
+            escape_text(&entry.envelope.sender),
             recipients
         );
         if let Some(error) = &entry.last_error {
-            let _ = write!(text, "  ({})", printable(&one_line(error)));
+            let _ = write!(text, "  ({})", escape_text(&one_line(error)));
         }
         text.push('\n');
     }
     Ok((text, taken_in))
 }
 
-/// A reason as readable text with its control characters (ESC, BEL, …) `%XX`-escaped.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Keeps a listing to one line per message whatever a stored reason holds.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_listing() {
+        assert_eq!(one_line("connect:\n refused\t now"), "connect: refused now");
+    }
 }

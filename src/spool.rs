@@ -1819,7 +1819,7 @@ pub(crate) fn escape(bytes: &[u8]) -> String {
 
 /// Like [`escape`] but keeps spaces and non-ASCII text readable: for reason files and logs
 /// that humans read, where only control characters are dangerous.
-fn escape_text(s: &str) -> String {
+pub(crate) fn escape_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() {

@@ -521,9 +521,8 @@ fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailErr
 /// Whether this process may read and run the queue itself: root, or the spool's owner (or
 /// there is no spool yet).
 fn may_run_queue(config: &Config) -> bool {
-    Uid::effective().is_root()
-        || std::fs::metadata(&config.spool_dir)
-            .map_or(true, |m| m.uid() == Uid::effective().as_raw())
+    let spool = Spool::new(&config.spool_dir);
+    Uid::effective().is_root() || !spool.root().exists() || spool.is_owned_by_us()
 }
 
 /// Asks the running daemon through its socket: `None` when no daemon answers.
