@@ -107,17 +107,120 @@ pub fn date(msg: &Message<'_>) -> Option<String> {
     (!shown.is_empty()).then_some(shown)
 }
 
-/// A header (Subject, From) written in raw 8-bit Latin-1 (no RFC 2047 encoded words), which
-/// mail-parser reads as UTF-8 with replacement characters, decoded as Windows-1252 instead.
+/// A header (Subject, From) that mail-parser decoded with replacement characters, read again:
+/// raw 8-bit Latin-1 as Windows-1252, and RFC 2047 encoded words whose charset it does not
+/// know, or whose bytes contradict their label, as [`decode_word`] reads them.
 pub fn legacy_header(msg: &Message<'_>, name: &str, decoded: &str) -> Option<String> {
     if !decoded.contains('\u{fffd}') {
         return None;
     }
     let raw = raw_header_bytes(msg, name)?;
     if raw.windows(2).any(|w| w == b"=?") {
-        return None;
+        let text = decode_words(raw);
+        return (!text.contains('\u{fffd}')).then_some(text);
     }
     decode_legacy(raw)
+}
+
+/// Decodes every RFC 2047 encoded word in a raw header value, dropping the blanks between
+/// two adjacent words (RFC 2047 §6.2); the text between words is read as UTF-8 when it is,
+/// else as Windows-1252.
+fn decode_words(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    let mut after_word = false;
+    while !rest.is_empty() {
+        let Some(start) = rest.windows(2).position(|w| w == b"=?") else {
+            out.push_str(&super::text::decode_guessing(rest));
+            break;
+        };
+        match encoded_word(&rest[start..]) {
+            Some((text, len)) => {
+                let between = &rest[..start];
+                if !(after_word && between.iter().all(|b| b.is_ascii_whitespace())) {
+                    out.push_str(&super::text::decode_guessing(between));
+                }
+                out.push_str(&text);
+                rest = &rest[start + len..];
+                after_word = true;
+            }
+            None => {
+                out.push_str(&super::text::decode_guessing(&rest[..start + 2]));
+                rest = &rest[start + 2..];
+                after_word = false;
+            }
+        }
+    }
+    out
+}
+
+/// One encoded word `=?charset[*lang]?B|Q?text?=` at the start of `word`: its text and its
+/// length in bytes, or `None` when it is not one.
+fn encoded_word(word: &[u8]) -> Option<(String, usize)> {
+    let body = word.strip_prefix(b"=?")?;
+    let q1 = body.iter().take(76).position(|&b| b == b'?')?;
+    let charset = &body[..q1];
+    let charset = charset.split(|&b| b == b'*').next().unwrap_or(charset);
+    let encoding = *body.get(q1 + 1)?;
+    if body.get(q1 + 2) != Some(&b'?') {
+        return None;
+    }
+    let text_start = q1 + 3;
+    let text_len = body[text_start..].windows(2).position(|w| w == b"?=")?;
+    let text = &body[text_start..text_start + text_len];
+    if text.iter().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    let bytes = match encoding.to_ascii_uppercase() {
+        b'B' => super::text::lenient_base64(text),
+        b'Q' => q_decode(text),
+        _ => return None,
+    };
+    Some((decode_word(charset, &bytes), 2 + text_start + text_len + 2))
+}
+
+/// The `Q` encoding of RFC 2047 §4.2: `_` is a space, `=XX` a byte.
+fn q_decode(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'_' => out.push(b' '),
+            b'=' => match (
+                text.get(i + 1).and_then(|&b| hex(b)),
+                text.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'='),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// An encoded word's bytes: through its charset when we know it and the bytes fit it,
+/// otherwise as UTF-8 when they are, else as Windows-1252 (what unlabelled or mislabelled
+/// 8-bit mail nearly always is).
+fn decode_word(charset: &[u8], bytes: &[u8]) -> String {
+    let label = String::from_utf8_lossy(charset).to_ascii_lowercase();
+    let utf8_label = label == "utf-8" || label == "utf8";
+    if !utf8_label {
+        if let Some(decode) =
+            mail_parser::decoders::charsets::map::charset_decoder(label.as_bytes())
+        {
+            let text = decode(bytes);
+            if !text.contains('\u{fffd}') {
+                return text;
+            }
+        }
+    }
+    super::text::decode_guessing(bytes).into_owned()
 }
 
 /// The undecoded text of the first header called `name` in the top-level header block,

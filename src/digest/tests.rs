@@ -105,6 +105,26 @@ fn undeclared_latin1_is_read_as_windows_1252() {
 }
 
 #[test]
+fn encoded_words_with_unknown_or_contradicted_charsets() {
+    // An unknown label over Latin-1 bytes, a UTF-8 label over Latin-1 bytes, a known label
+    // beside them, adjacent words joined, and text between words kept.
+    let raw = b"From: =?x-unknown?Q?J=F6rg?= <joerg@example.de>\n\
+Subject: =?utf-8?q?caf=E9?= =?iso-8859-1?q?_ol=E9?= and =?unknown-8bit?B?Z3L832U=?=\n\n\
+Body.\n";
+    let d = digest(raw);
+    assert_eq!(d.from, "Jörg <joerg@example.de>");
+    assert_eq!(d.subject, "café olé and grüße");
+    // Valid UTF-8 under an unknown label was already right, and stays so.
+    let raw = "From: a@example.org\nSubject: =?x-unknown?B?R3LDvMOfZQ==?=\n\nx\n";
+    assert_eq!(digest(raw.as_bytes()).subject, "Grüße");
+    // A broken word is shown as written, not dropped.
+    let raw = b"From: a@example.org\nSubject: =?x-unknown?Q?caf=E9 =?broken\n\nx\n";
+    assert_eq!(digest(raw).subject, "=?x-unknown?Q?caf=E9 =?broken");
+    let raw = b"From: a@example.org\nSubject: =?utf-8?q?caf=E9?= =?broken?q?x\n\nx\n";
+    assert_eq!(digest(raw).subject, "café =?broken?q?x");
+}
+
+#[test]
 fn iso_2022_jp_subject_and_body() {
     let mut raw = b"From: tanaka@example.jp\nSubject: =?ISO-2022-JP?B?GyRCN29MPiVGJTklSBsoQg==?=\n\
 Content-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n\n"
