@@ -309,6 +309,15 @@ install_spool() {
 		[ -d "$DESTDIR$d" ] || mkdir "$DESTDIR$d"
 		own "${sub#*:}" "$d"
 	done
+	# A reinstall with another username/group: the queued mail, the locks and markers go to
+	# the new owner too (maildrop/ files keep theirs: they are the users' who left them), as
+	# the daemon does when it starts as root.
+	if ! staged; then
+		find "$SPOOL" "$SPOOL/queue" "$SPOOL/failed" -mindepth 1 -maxdepth 1 \
+			\( -type f -o -type s \) -links 1 \
+			! \( -user "$USER_NAME" -group "$GROUP_NAME" \) \
+			-exec chown -h "$USER_NAME:$GROUP_NAME" {} +
+	fi
 }
 
 systemd_running() { ! staged && [ -d /run/systemd/system ]; }

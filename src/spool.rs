@@ -822,6 +822,9 @@ impl Spool {
         ensure_dir(&self.queue_dir(), 0o700, owner)?;
         ensure_dir(&self.failed_dir(), 0o700, owner)?;
         ensure_dir(&self.root.join("public"), 0o755, owner)?;
+        if let Some(owner) = owner {
+            self.give_contents_to(owner)?;
+        }
         for dir in [self.queue_dir(), self.failed_dir(), self.maildrop_dir()] {
             remove_stale_temps(&dir)?;
         }
@@ -834,6 +837,69 @@ impl Spool {
                     remove_if_exists(&self.queue_dir().join(&name))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Gives the daemon's files to `owner` (as root, before the drop): everything in `queue/`,
+    /// `failed/` and `public/`, and the locks and markers beside them, so that a spool whose
+    /// user was changed in the configuration is still the daemon's to deliver (Postfix's
+    /// `postfix set-permissions`). `maildrop/` is left alone: its files belong to the users
+    /// who left them, and their owner is part of what the daemon checks. Links are not
+    /// followed, and files with more than one link are left alone.
+    fn give_contents_to(&self, (uid, gid): (u32, u32)) -> io::Result<()> {
+        let mut given = 0usize;
+        let mut give = |dir: &Path, name: &OsStr| -> io::Result<()> {
+            let path = dir.join(name);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() || (meta.uid() == uid && meta.gid() == gid) {
+                return Ok(());
+            }
+            // Only our own kinds of file, and never one with a second name elsewhere: a hard
+            // link planted by whoever held the spool before must not make root give away a
+            // file outside it.
+            let ours = meta.is_file() || meta.file_type().is_socket();
+            if !ours || meta.nlink() != 1 {
+                log::warn!(
+                    "left {} to uid {}: not a spool file of ours",
+                    path.display(),
+                    meta.uid()
+                );
+                return Ok(());
+            }
+            match std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+                Ok(()) => {
+                    given += 1;
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot give {} to uid {uid}: {e}", path.display()),
+                )),
+            }
+        };
+        for dir in [
+            self.queue_dir(),
+            self.failed_dir(),
+            self.root.join("public"),
+        ] {
+            for name in read_names(&dir)? {
+                give(&dir, &name)?;
+            }
+        }
+        for name in read_names(&self.root)? {
+            give(&self.root, &name)?;
+        }
+        if given > 0 {
+            log::warn!(
+                "gave {given} spool file(s) in {} to uid {uid} gid {gid}, the configured user",
+                self.root.display()
+            );
         }
         Ok(())
     }

@@ -268,3 +268,61 @@ fn root_group_is_a_privilege_failure_exit_77_before_serving() {
     // Refused before serving: nothing ever listened on the port.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn a_changed_user_takes_over_the_queued_mail() {
+    if !common::require_root() {
+        return;
+    }
+    use common::daemon::{queued, setup, simple, Daemon};
+    use std::os::unix::fs::MetadataExt;
+    // Mail queued while the bridge is down, under a spool that another user held before
+    // (as after `username` was changed in the configuration): the daemon, started as root,
+    // gives the queued files, locks and markers to its user, and delivers.
+    let (bridge, mut d) = setup("owner_change", "");
+    bridge.set_behaviour(common::Behaviour::Down);
+    queued(
+        &d.greeted()
+            .message(simple("queued under the old owner", "x")),
+    );
+    d.stop();
+    let spool = d.dir().join("spool");
+    let (old_uid, old_gid) = (4242, 4242);
+    let mut files = Vec::new();
+    for dir in [spool.clone(), spool.join("queue")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.parent() == Some(&spool.join("queue"))),
+        "nothing queued: {files:?}"
+    );
+    for f in &files {
+        std::os::unix::fs::lchown(f, Some(old_uid), Some(old_gid)).unwrap();
+    }
+    // A file with a second name outside the spool is never given away.
+    let outside = d.dir().join("outside");
+    std::fs::write(&outside, "not the spool's").unwrap();
+    std::os::unix::fs::lchown(&outside, Some(old_uid), Some(old_gid)).unwrap();
+    std::fs::hard_link(&outside, spool.join("queue").join("planted")).unwrap();
+
+    bridge.set_behaviour(common::Behaviour::Accept);
+    let d2 = Daemon::start(&d.config, d.port);
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("queued under the old owner"));
+    let (uid, gid) = nobody();
+    for f in files.iter().filter(|f| f.exists()) {
+        let meta = std::fs::symlink_metadata(f).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", f.display());
+    }
+    assert_eq!(std::fs::metadata(&outside).unwrap().uid(), old_uid);
+    let log = d2.log_text();
+    assert!(log.contains("spool file(s)"), "{log}");
+    assert!(log.contains("not a spool file of ours"), "{log}");
+}
