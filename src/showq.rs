@@ -236,7 +236,12 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
         // Nothing was ever spooled on this box.
         return Ok(("Mail queue is empty\n".to_owned(), 0));
     }
-    let taken_in = spool.ingest_maildrop(max_size)?.accepted;
+    // What the maildrop holds is listed once taken in; when it cannot be (a full disk), the
+    // queue is still listed, with a line saying so.
+    let (taken_in, untaken) = match spool.ingest_maildrop(max_size) {
+        Ok(report) => (report.accepted, None),
+        Err(e) => (0, Some(e)),
+    };
     let entries = spool.list()?;
     let mut text = String::new();
     if entries.is_empty() {
@@ -271,6 +276,14 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
         }
         text.push('\n');
     }
+    if let Some(e) = untaken {
+        log::warn!("cannot take in the maildrop: {e}");
+        let _ = writeln!(
+            text,
+            "-- the maildrop could not be taken in ({}): its messages are not listed",
+            escape_text(&e.to_string())
+        );
+    }
     Ok((text, taken_in))
 }
 
@@ -282,6 +295,38 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maildrop_that_cannot_be_taken_in_still_lists_the_queue() {
+        let dir = std::env::temp_dir().join(format!("smtp_bridge-showq-{}", std::process::id()));
+        let spool = Spool::new(&dir);
+        spool.prepare(None).unwrap();
+        let envelope = crate::envelope::Envelope {
+            sender: "root@host".into(),
+            recipients: vec!["owner@host".into()],
+            origin: crate::envelope::Origin::Local {
+                uid: 0,
+                user: "root".into(),
+                full_name: None,
+            },
+            arrival: std::time::SystemTime::now(),
+        };
+        let mut writer = spool.create(&envelope).unwrap();
+        std::io::Write::write_all(&mut writer, b"Subject: waiting\n\nx\n").unwrap();
+        writer.commit_file().unwrap();
+        // The maildrop replaced by a file: taking it in fails.
+        std::fs::remove_dir(dir.join("maildrop")).unwrap();
+        std::fs::write(dir.join("maildrop"), "").unwrap();
+        let listing = queue_listing(&spool, 1 << 20);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (text, taken_in) = listing.unwrap();
+        assert_eq!(taken_in, 0);
+        assert!(text.contains("<root@host>  owner@host"), "{text}");
+        assert!(
+            text.contains("the maildrop could not be taken in"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn one_line_listing() {

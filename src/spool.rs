@@ -1077,6 +1077,13 @@ impl Spool {
             Err(e) if is_the_files_fault(&e) => {
                 return self.set_aside(&path, &shown, &format!("cannot open: {e}"));
             }
+            // A lease on it (fcntl F_SETLEASE: we open without blocking, so the open fails
+            // instead of waiting out the lease-break time). `sendmail` never takes one, so
+            // its owner holds it back on purpose: keep it in failed/ (a rename needs no
+            // open) rather than stop every pass, and everyone's mail behind it, for good.
+            Err(e) if e.raw_os_error() == Some(Errno::EAGAIN as i32) => {
+                return self.set_aside(&path, &shown, &format!("cannot open: {e} (leased)"));
+            }
             // Out of descriptors or memory, an I/O error: nothing wrong with the message, so
             // stop this pass and try again next time; never delete.
             Err(e) => {

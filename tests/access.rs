@@ -423,6 +423,69 @@ fn planted_links_fifo_and_device_are_refused_and_targets_untouched() {
     assert!(!d.log_text().contains("panicked"));
 }
 
+/// A user who keeps a lease on a maildrop file (so that every open of it fails or waits)
+/// holds back nobody's mail: the leased file is kept in failed/, the rest is delivered.
+#[test]
+fn a_leased_maildrop_file_holds_back_no_one() {
+    if !common::require_root() || !common::require_tool("python3") {
+        return;
+    }
+    let (bridge, d) = common::daemon::setup("a-leased", "");
+    let maildrop = d.dir().join("spool").join("maildrop");
+    let leased = maildrop.join("0-leased");
+    // The holder takes the lease back each time the kernel breaks it, for up to a minute.
+    let script = r#"
+import fcntl, os, signal, sys, time
+F_SETLEASE, F_WRLCK, F_UNLCK = 1024, 1, 2
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+os.write(fd, sys.argv[2].encode())
+def again(sig, frame):
+    fcntl.fcntl(fd, F_SETLEASE, F_UNLCK)
+    fcntl.fcntl(fd, F_SETLEASE, F_WRLCK)
+signal.signal(signal.SIGIO, again)
+fcntl.fcntl(fd, F_SETLEASE, F_WRLCK)
+print("held", flush=True)
+time.sleep(60)
+"#;
+    let mut holder = Command::new("python3")
+        .args(["-c", script])
+        .arg(&leased)
+        .arg(String::from_utf8(forged("LEASED")).unwrap())
+        .uid(MALLORY)
+        .gid(MALLORY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let fine = maildrop.join("E-fine");
+    as_user(MALLORY, move || std::fs::write(&fine, forged("HONEST")));
+
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("nudge", "x")).unwrap().0, 250);
+    let got = bridge.wait_for(2, SOON);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let texts: Vec<&str> = got.iter().map(|r| r.reply.as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("HONEST")), "{texts:#?}");
+    assert!(!texts.iter().any(|t| t.contains("LEASED")), "{texts:#?}");
+    // Kept, with its reason, for a human to look at.
+    let failed = d.dir().join("spool").join("failed");
+    let reasons: String = std::fs::read_dir(&failed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "reason"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(reasons.contains("leased"), "{reasons}\n{}", d.log_text());
+    assert!(!leased.exists());
+}
+
 /// A message an ordinary user's `sendmail` left in the maildrop (its own bridge attempt
 /// failed) goes out within a few seconds: the drop-off marks the maildrop and the daemon
 /// looks for the mark every second, instead of waiting for its 30-second look at an idle
