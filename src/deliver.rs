@@ -694,7 +694,9 @@ fn run_thread(mut config: Config, poll: Duration, inbox: Receiver<Command>, shar
             .as_ref()
             .filter(|k| k.root() == config.spool_dir)
             .map(|k| (spares, k));
-        let result = run_pass(&config, flushed, stop, quiet, keeping);
+        // A reload, like a flush, tries what waits at once: the admin who fixed the bridge's
+        // URL and reloaded should not wait for the next retry (up to BACKOFF_CAP).
+        let result = run_pass(&config, flushed || reloaded, stop, quiet, keeping);
         head_waits =
             matches!(&result, Ok(pass) if !pass.locked_out && pass.report.next_due.is_some());
         due = match result {

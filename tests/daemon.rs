@@ -879,6 +879,27 @@ fn sighup_reloads_limits_and_keeps_old_config_when_bad() {
     bridge.wait_for(1, SOON);
 }
 
+/// A reload retries waiting mail at once (the admin fixed the bridge URL and reloads), not
+/// at its scheduled retry.
+#[test]
+fn sighup_retries_waiting_mail_at_once() {
+    let (bridge, d) = setup("hup-retry", "");
+    bridge.set_behaviour(Behaviour::Status(503));
+    queued(&d.greeted().message(simple("waiting for a reload", "x")));
+    d.wait_log("delivery paused", SOON);
+    bridge.set_behaviour(Behaviour::Accept);
+    // Its next attempt is due 10 s after the first; the reload does not wait for it.
+    let hup = Instant::now();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let got = bridge.wait_for(1, SOON);
+    assert!(got[0].reply.contains("waiting for a reload"));
+    assert!(
+        hup.elapsed() < Duration::from_secs(5),
+        "delivered {:?} after the reload: it waited for its retry",
+        hup.elapsed()
+    );
+}
+
 #[test]
 fn a_reload_that_blocks_does_not_stop_the_loop() {
     use std::os::unix::fs::PermissionsExt;
