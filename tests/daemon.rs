@@ -201,6 +201,8 @@ fn swaks_oversize_gets_552_and_nothing_is_queued() {
         .arg(format!("@{}", body.display())));
     assert!(!status.success(), "{out}");
     assert!(out.contains("552 5.3.4"), "{out}");
+    // The admin can see it, as Postfix's NOQUEUE: reject lines.
+    d.wait_log("reject: DATA: 552 5.3.4", SOON);
     // The session goes on: a small message right after is accepted, and it is the only
     // thing the bridge ever receives.
     let (status, out) = run(swaks(&d).args([

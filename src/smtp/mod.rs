@@ -369,7 +369,7 @@ impl Session {
                 Progress::Emit(event) => return (pos, event),
                 Progress::Continue => {}
                 Progress::DataEnd { aborted: true } => {
-                    out.extend_from_slice(reply::TOO_BIG_DATA.as_bytes());
+                    self.reject("DATA", reply::TOO_BIG_DATA, out);
                     self.enter(State::Idle, "end-of-data");
                 }
                 Progress::DataEnd { aborted: false } => {
@@ -382,7 +382,7 @@ impl Session {
                     intake,
                 } => {
                     if intake.aborted {
-                        out.extend_from_slice(reply::TOO_BIG_DATA.as_bytes());
+                        self.reject("BDAT", reply::TOO_BIG_DATA, out);
                         self.enter(State::Idle, "end-of-chunk");
                     } else if last {
                         self.enter(State::Waiting, "end-of-chunk");
@@ -423,7 +423,11 @@ impl Session {
                 out.extend_from_slice(line.as_bytes());
             }
             Err(reason) => {
-                log::debug!("{}: commit failed reason={reason}", self.log_id);
+                log::warn!(
+                    "{}: reject: message not stored ({reason}): {}",
+                    self.log_id,
+                    reply::STORAGE_FAILED.trim_end()
+                );
                 out.extend_from_slice(reply::STORAGE_FAILED.as_bytes());
             }
         }
@@ -454,6 +458,13 @@ impl Session {
     /// `max_line_length`. (Message data is never held.)
     pub fn buffered(&self) -> usize {
         self.line.len()
+    }
+
+    /// Refuses a message (or the MAIL that announced it) and says so in the log, where a client
+    /// that gives up on it leaves no other trace.
+    fn reject(&self, command: &str, text: &str, out: &mut Vec<u8>) {
+        log::info!("{}: reject: {command}: {}", self.log_id, text.trim_end());
+        out.extend_from_slice(text.as_bytes());
     }
 
     /// Moves to `next`, tracing old → new at debug level.
@@ -615,7 +626,14 @@ impl Session {
 
     /// Answers a line that did not parse.
     fn refuse(&mut self, error: ParseError, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        log::debug!("{}: command refused reason={error}", self.log_id);
+        // At info, as Postfix logs refused addresses: a client whose MAIL or RCPT is
+        // refused may drop the message, and the log is the admin's only trace of it. (At
+        // most HARD_ERROR_LIMIT lines per connection.)
+        log::info!(
+            "{}: reject: command refused ({error}): {}",
+            self.log_id,
+            error.reply().trim_end()
+        );
         out.extend_from_slice(error.reply().as_bytes());
         // A broken BDAT inside a chunked message: its size is unknown, so the message cannot
         // be trusted to continue where the client thinks it does (RFC 3030: a failed BDAT
@@ -665,7 +683,8 @@ impl Session {
             .size
             .is_some_and(|size| size > self.config.max_message_size)
         {
-            return answer(out, reply::TOO_BIG);
+            self.reject("MAIL", reply::TOO_BIG, out);
+            return None;
         }
         let pending = Pending {
             sender,
@@ -684,6 +703,11 @@ impl Session {
             _ => return answer(out, reply::NEED_MAIL),
         };
         if pending.recipients.len() >= self.config.max_recipients {
+            log::info!(
+                "{}: reject: RCPT: {}",
+                self.log_id,
+                reply::TOO_MANY_RECIPIENTS.trim_end()
+            );
             return answer(out, reply::TOO_MANY_RECIPIENTS);
         }
         pending.recipients.push(recipient);
