@@ -202,7 +202,13 @@ fn swaks_oversize_gets_552_and_nothing_is_queued() {
     assert!(!status.success(), "{out}");
     assert!(out.contains("552 5.3.4"), "{out}");
     // The admin can see it, as Postfix's NOQUEUE: reject lines.
-    d.wait_log("reject: DATA: 552 5.3.4", SOON);
+    d.wait_log(": reject: DATA: 552 5.3.4", SOON);
+    let log = d.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("conn=") && l.contains(": reject: DATA: 552")),
+        "{log}"
+    );
     // The session goes on: a small message right after is accepted, and it is the only
     // thing the bridge ever receives.
     let (status, out) = run(swaks(&d).args([

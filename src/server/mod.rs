@@ -556,6 +556,8 @@ impl Server {
             self.limits.idle_timeout,
             self.limits.session_timeout,
         );
+        // The session's own lines (refusals, traces) carry the ID the server's lines do.
+        conn.session.set_log_id(&format!("conn={id}"));
         conn.session.greeting(&mut conn.out);
         if let Err(e) =
             self.poll
