@@ -324,7 +324,8 @@ pub fn via(origin: &Origin) -> String {
 /// name printable ASCII without spaces or `:`) nor the continuation of one, and a blank line
 /// is put there when the message has none. Input that does not start with a header (script
 /// output piped to `sendmail`: `Backup status: FAILED`) becomes all body. A leading mbox
-/// `From ` line counts as a header. Borrowed, untouched, when the headers end properly.
+/// `From ` line counts as a header. A message of headers only gets its last line ended and
+/// a blank line. Borrowed, untouched, when the headers end properly.
 pub fn close_header_section(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let mut start = 0usize;
     let mut first = true;
@@ -353,7 +354,17 @@ pub fn close_header_section(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         first = false;
         start = end + 1;
     }
-    raw.into()
+    if raw.is_empty() {
+        return raw.into();
+    }
+    // Headers only: the last one may lack its line end (`printf 'Subject: x' | sendmail`),
+    // which the parser would drop with it. Postfix takes the partial line as a line.
+    let mut closed = raw.to_vec();
+    if !raw.ends_with(b"\n") {
+        closed.push(b'\n');
+    }
+    closed.push(b'\n');
+    closed.into()
 }
 
 /// Whether `line` starts a header field: a name of printable ASCII other than `:` (spaces
@@ -384,7 +395,9 @@ mod tests {
                 "Subject: x\r\n folded\r\n\r\nbody",
                 "Subject: x\r\n folded\r\n\r\nbody",
             ),
-            ("Subject: only headers", "Subject: only headers"),
+            ("Subject: only headers", "Subject: only headers\n\n"),
+            ("To: a@b\nSubject: x\n", "To: a@b\nSubject: x\n\n"),
+            ("Subject: crlf\r\nTo: a@b", "Subject: crlf\r\nTo: a@b\n\n"),
             ("", ""),
             (
                 "Backup status: FAILED\nHost: web1\n\nrsync",

@@ -125,6 +125,17 @@ Body.\n";
 }
 
 #[test]
+fn headers_only_without_a_final_line_end_keep_their_last_header() {
+    // `printf 'To: ops@example.org\nSubject: disk full' | sendmail -t`
+    let d = digest(b"To: ops@example.org\nSubject: disk full");
+    assert_eq!(d.subject, "disk full");
+    assert_eq!(d.to, vec!["ops@example.org".to_string()]);
+    let d = digest(b"Subject: crlf\r\nTo: a@b.example");
+    assert_eq!(d.subject, "crlf");
+    assert_eq!(d.to, vec!["a@b.example".to_string()]);
+}
+
+#[test]
 fn iso_2022_jp_subject_and_body() {
     let mut raw = b"From: tanaka@example.jp\nSubject: =?ISO-2022-JP?B?GyRCN29MPiVGJTklSBsoQg==?=\n\
 Content-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n\n"
