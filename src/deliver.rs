@@ -243,7 +243,7 @@ fn run_pass(
                 // Its header is damaged: it can never be delivered, and must not block the
                 // queue. Kept in failed/ for a human.
                 let reason = format!("unreadable spool file: {e}");
-                spool.fail(id, &reason)?;
+                spool.fail(id, &reason, false)?;
                 log::error!("{id}: status=failed ({reason}); moved to failed/");
                 pass.report.failed += 1;
                 continue;
@@ -290,7 +290,7 @@ fn run_pass(
                 entry.attempts + 1,
                 human(age)
             );
-            spool.fail(&entry.id, &why)?;
+            spool.fail(&entry.id, &why, true)?;
             log::error!(
                 "{}: {}, delay={}, status=failed ({why}); moved to failed/",
                 entry.id,

@@ -284,6 +284,17 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
             escape_text(&e.to_string())
         );
     }
+    if !entries.is_empty() {
+        // Postfix's closing line, which monitoring reads (check_mailq -M postfix).
+        let bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let _ = writeln!(
+            text,
+            "-- {} Kbytes in {} Request{}.",
+            bytes.div_ceil(1024),
+            entries.len(),
+            if entries.len() == 1 { "" } else { "s" }
+        );
+    }
     Ok((text, taken_in))
 }
 

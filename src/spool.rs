@@ -1416,8 +1416,9 @@ impl Spool {
     /// The reason file (`failed/ID.reason`: reason, time, attempts, arrival, sender,
     /// recipients) is written and fsync'd before the message moves, so a message in
     /// `failed/` always has its reason. Nothing in `failed/` is ever replaced: when `ID` is
-    /// taken there, the message becomes `failed/ID-N` (and `ID-N.reason`).
-    pub fn fail(&self, id: &QueueId, reason: &str) -> io::Result<()> {
+    /// taken there, the message becomes `failed/ID-N` (and `ID-N.reason`). `attempted`: the
+    /// caller has just tried it once more than its retry state counts.
+    pub fn fail(&self, id: &QueueId, reason: &str, attempted: bool) -> io::Result<()> {
         let path = self.message_path(id)?;
         let failed = self.failed_dir();
         let mut text = format!(
@@ -1429,7 +1430,7 @@ impl Spool {
             Ok((entry, _)) => {
                 text.push_str(&format!(
                     "attempts: {}\narrival: {}\nsender: <{}>\n",
-                    entry.attempts,
+                    entry.attempts + u32::from(attempted),
                     crate::datetime::iso(entry.envelope.arrival),
                     escape(entry.envelope.sender.as_bytes())
                 ));

@@ -493,3 +493,59 @@ fn recorded_callers_replayed() {
 fn quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
+
+/// monitoring-plugins' `check_mailq -M postfix`, the usual Nagios/Icinga check of a mail
+/// queue, reads our `mailq`: its copy is pointed at the shim (its `utils.pm` fixes the path
+/// to /usr/bin/mailq), and it must count the waiting messages from Postfix's closing line.
+#[test]
+fn check_mailq_counts_the_queue() {
+    let plugins = Path::new("/usr/lib/nagios/plugins");
+    if !common::require_tool("perl") {
+        return;
+    }
+    if !plugins.join("check_mailq").is_file() {
+        assert!(
+            !common::under_ci(),
+            "check_mailq (monitoring-plugins-standard) is required under CI"
+        );
+        eprintln!("SKIP: check_mailq not installed");
+        return;
+    }
+    let w = World::new("callers-check-mailq");
+    let bin = w.dir.join("plugins");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(plugins.join("check_mailq"), bin.join("check_mailq")).unwrap();
+    let mailq = bin.join("mailq");
+    std::os::unix::fs::symlink(shim(), &mailq).unwrap();
+    let utils = std::fs::read_to_string(plugins.join("utils.pm"))
+        .unwrap()
+        .replace("\"/usr/bin/mailq\"", &format!("\"{}\"", mailq.display()));
+    std::fs::write(bin.join("utils.pm"), utils).unwrap();
+    let check = || {
+        let mut cmd = w.command("perl");
+        cmd.arg(bin.join("check_mailq"))
+            .args(["-w", "1", "-c", "5", "-M", "postfix"]);
+        let out = run(cmd, b"");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("OK"), "{text}");
+    // Two messages waiting (the bridge fails): WARNING, with the count.
+    w.bridge.set_behaviour(common::Behaviour::Status(503));
+    for n in 0..2 {
+        let mut cmd = w.command(shim());
+        cmd.args(["-i", "root"]);
+        assert_ok(
+            &run(cmd, format!("Subject: waiting {n}\n\nx\n").as_bytes()),
+            "sendmail",
+        );
+    }
+    let (code, text) = check();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("WARNING") && text.contains("2"), "{text}");
+    eprintln!("check_mailq: {}", text.trim());
+}

@@ -463,7 +463,11 @@ fn bridge_failures_are_invisible_and_the_queue_delivers_once() {
 
         let mailq = w.call(&[]).arg0("mailq").run();
         assert_eq!(mailq.code, 0, "{mailq:?}");
-        assert_eq!(mailq.stdout.lines().count(), 1, "{behaviour:?}: {mailq:?}");
+        assert_eq!(mailq.stdout.lines().count(), 2, "{behaviour:?}: {mailq:?}");
+        assert!(
+            mailq.stdout.ends_with(" Kbytes in 1 Request.\n"),
+            "{behaviour:?}: {mailq:?}"
+        );
         assert!(mailq.stdout.contains("direct@x"), "{mailq:?}");
         let bp = w.call(&["-bp"]).run();
         assert_eq!(bp.stdout, mailq.stdout);
@@ -1282,7 +1286,7 @@ fn mailq_output_injection_is_refused_and_escaped() {
         .unwrap();
     let mailq = w.call(&[]).arg0("mailq").run();
     assert_eq!(mailq.code, 0, "{mailq:?}");
-    assert_eq!(mailq.stdout.lines().count(), 1, "{mailq:?}");
+    assert_eq!(mailq.stdout.lines().count(), 2, "{mailq:?}");
     assert!(
         !mailq.stdout.chars().any(|c| c.is_control() && c != '\n'),
         "{mailq:?}"

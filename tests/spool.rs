@@ -642,7 +642,7 @@ fn fail_never_overwrites_an_existing_failed_message() {
     let failed = spool.root().join("failed");
     fs::write(failed.join(&id.0), b"first").unwrap();
     fs::write(failed.join(format!("{id}.reason")), b"first reason").unwrap();
-    spool.fail(&id, "lifetime expired").unwrap();
+    spool.fail(&id, "lifetime expired", true).unwrap();
     assert_eq!(fs::read(failed.join(&id.0)).unwrap(), b"first");
     assert_eq!(
         fs::read(failed.join(format!("{id}.reason"))).unwrap(),
@@ -650,9 +650,10 @@ fn fail_never_overwrites_an_existing_failed_message() {
     );
     let moved = failed.join(format!("{id}-1"));
     assert!(fs::read(&moved).unwrap().ends_with(b"second"));
-    assert!(fs::read_to_string(failed.join(format!("{id}-1.reason")))
-        .unwrap()
-        .contains("lifetime expired"));
+    let reason = fs::read_to_string(failed.join(format!("{id}-1.reason"))).unwrap();
+    assert!(reason.contains("lifetime expired"), "{reason}");
+    // The attempt that just failed is counted, as the log line counts it.
+    assert!(reason.contains("attempts: 1\n"), "{reason}");
     assert!(spool.list().unwrap().is_empty());
 }
 
@@ -724,7 +725,7 @@ fn defer_remove_and_fail_keep_state_atomically() {
     }
 
     spool
-        .fail(&b, "lifetime expired: connection refused")
+        .fail(&b, "lifetime expired: connection refused", true)
         .unwrap();
     let failed = spool.root().join("failed");
     assert!(fs::read(failed.join(&b.0)).unwrap().ends_with(
