@@ -15,7 +15,7 @@ use smtp_bridge::config::{Config, ConfigError, LogLevel};
 use smtp_bridge::deliver::DeliveryThread;
 use smtp_bridge::privileges::{self, PrivilegeError, Target};
 use smtp_bridge::server::{self, listen, ServerError};
-use smtp_bridge::spool::Spool;
+use smtp_bridge::spool::{QueueId, Spool};
 use smtp_bridge::{logging, showq, sysexits};
 
 const HELP: &str = "\
@@ -275,9 +275,15 @@ fn resolve_target(config: &Config) -> Result<Option<Target>, Failure> {
 
 /// Step 4: the spool directories, given to the daemon's user when we are root.
 fn prepare_spool(config: &Config, target: Option<&Target>) -> Result<(), Failure> {
-    Spool::new(config.spool_dir.clone())
+    let spool = Spool::new(config.spool_dir.clone());
+    spool
         .prepare(target.map(|t| (t.uid, t.gid)))
-        .map_err(Failure::Spool)
+        .map_err(Failure::Spool)?;
+    // New mail sorts after what waits, even if the clock went back since it was queued.
+    if let Some(newest) = spool.ids().map_err(Failure::Spool)?.last() {
+        QueueId::continue_after(newest);
+    }
+    Ok(())
 }
 
 /// Step 5: drop root for good and prove it, before any thread or client exists.

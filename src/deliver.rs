@@ -37,10 +37,28 @@ use crate::spool::{
     escape, spare_charge, QueueEntry, SpareKeeper, Spares, Spool, MAILDROP_MARK_POLL,
 };
 
+/// When a queued message is due: its scheduled attempt, unless that lies further ahead than
+/// its backoff could have put it, which only a wall clock that stepped back can do (the
+/// schedule was made by the old clock): then now, instead of holding the ordered queue for
+/// as long as the clock went back.
+fn due_time(entry: &QueueEntry, now: SystemTime) -> SystemTime {
+    let furthest = now + backoff(entry.attempts) + Duration::from_secs(1);
+    if entry.next_attempt > furthest {
+        now
+    } else {
+        entry.next_attempt
+    }
+}
+
 /// The wait after the first failure; each further failure doubles it.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// The longest wait between two attempts.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(600);
+/// A message whose lifetime ran out goes to `failed/` only once it has also been tried this
+/// many times (about five minutes of retries): a wall clock that stepped forward (a box
+/// without a real-time clock, set right by NTP after boot, as often before its network is
+/// up) must not send a whole backlog there at its first failure.
+pub const MIN_ATTEMPTS_TO_EXPIRE: u32 = 6;
 /// How long the delivery thread waits before trying again after a pass that failed on the
 /// spool itself (a disk error, not the bridge).
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
@@ -250,7 +268,7 @@ fn run_pass(
             }
             Err(e) => return Err(e),
         };
-        let next_attempt = message.entry.next_attempt;
+        let next_attempt = due_time(&message.entry, now);
         if stop.load(Ordering::SeqCst) || (!force && next_attempt > now) {
             pass.report.waiting = remaining;
             pass.report.next_due = Some(next_attempt.max(now));
@@ -284,7 +302,7 @@ fn run_pass(
         let age = now
             .duration_since(entry.envelope.arrival)
             .unwrap_or(Duration::ZERO);
-        if age >= config.queue_lifetime {
+        if age >= config.queue_lifetime && entry.attempts + 1 >= MIN_ATTEMPTS_TO_EXPIRE {
             let why = format!(
                 "{reason}; gave up after {} attempts over {}",
                 entry.attempts + 1,

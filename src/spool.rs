@@ -249,14 +249,14 @@ impl QueueId {
     /// sequence that restarts every microsecond, 8 of the pid. Within a process IDs strictly
     /// increase even when the clock steps back; across processes they sort by time.
     pub fn generate() -> QueueId {
-        // (last microsecond used, sequence within it)
-        static LAST: Mutex<(u64, u32)> = Mutex::new((0, 0));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
             .unwrap_or(0)
             & 0x00FF_FFFF_FFFF_FFFF;
-        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = LAST_ID
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (mut micros, mut seq) = *last;
         if now > micros {
             (micros, seq) = (now, 0);
@@ -269,6 +269,27 @@ impl QueueId {
         }
         *last = (micros, seq);
         QueueId(format!("{micros:014X}{seq:04X}{:08X}", std::process::id()))
+    }
+
+    /// Makes every ID this process generates from now on sort after `id`: the daemon starts
+    /// after the newest message it finds queued, so that mail accepted after the wall clock
+    /// stepped back (across a restart) is not delivered before mail that was waiting.
+    pub fn continue_after(id: &QueueId) {
+        if !id.is_valid() {
+            return;
+        }
+        let (Ok(micros), Ok(seq)) = (
+            u64::from_str_radix(&id.0[..14], 16),
+            u32::from_str_radix(&id.0[14..18], 16),
+        ) else {
+            return;
+        };
+        let mut last = LAST_ID
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if (micros, seq) > *last {
+            *last = (micros, seq);
+        }
     }
 
     /// Whether this is a well-formed ID (26 uppercase hex digits). Every [`Spool`] method
@@ -286,6 +307,9 @@ impl QueueId {
         UNIX_EPOCH.checked_add(Duration::from_micros(micros))
     }
 }
+
+/// The last queue ID this process generated: (microsecond, sequence within it).
+static LAST_ID: Mutex<(u64, u32)> = Mutex::new((0, 0));
 
 impl std::fmt::Display for QueueId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

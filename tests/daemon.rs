@@ -433,6 +433,48 @@ fn kill_9_after_250_then_restart_delivers() {
     assert_contains(&got[0].reply, &["survives kill -9"]);
 }
 
+/// Mail that waits under a queue ID from a clock that has since stepped back (an hour here)
+/// still goes out before mail accepted after a restart: new IDs continue after the newest
+/// queued one.
+#[test]
+fn after_a_clock_step_back_new_mail_queues_behind_the_waiting() {
+    let (bridge, mut d) = setup("clock-back-ids", "");
+    bridge.set_behaviour(Behaviour::Status(503));
+    queued(&d.greeted().message(simple("queued first", "x")));
+    d.wait_log("delivery paused", SOON);
+    d.stop();
+    let queue = d.dir().join("spool").join("queue");
+    let names: Vec<String> = std::fs::read_dir(&queue)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 26)
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let id = &names[0];
+    let micros = u64::from_str_radix(&id[..14], 16).unwrap() + 3_600_000_000;
+    let ahead = format!("{micros:014X}{}", &id[14..]);
+    std::fs::rename(queue.join(id), queue.join(&ahead)).unwrap();
+    let _ = std::fs::rename(
+        queue.join(format!("{id}.retry")),
+        queue.join(format!("{ahead}.retry")),
+    );
+    let d2 = Daemon::start(&d.config, d.port);
+    queued(
+        &d2.greeted()
+            .message(simple("accepted after the restart", "x")),
+    );
+    bridge.set_behaviour(Behaviour::Accept);
+    let mut c = d2.client().unwrap();
+    c.cmd("QUIT").unwrap();
+    d2.signal(nix::sys::signal::Signal::SIGHUP);
+    let got = bridge.wait_for(2, SOON);
+    assert!(got[0].reply.contains("queued first"), "{got:#?}");
+    assert!(
+        got[1].reply.contains("accepted after the restart"),
+        "{got:#?}"
+    );
+}
+
 #[test]
 fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
     let (bridge, mut d) = setup("down500", "");

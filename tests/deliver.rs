@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Behaviour, StandInBridge, TestDir};
 use smtp_bridge::config::Config;
-use smtp_bridge::deliver::{backoff, run_once, DeliveryThread};
+use smtp_bridge::deliver::{backoff, run_once, DeliveryThread, MIN_ATTEMPTS_TO_EXPIRE};
 use smtp_bridge::envelope::{Envelope, Origin};
 use smtp_bridge::spool::{QueueId, Spool};
 
@@ -205,16 +205,27 @@ fn an_expired_message_moves_to_failed_and_the_next_one_goes_on() {
     let young = enqueue(&spool, 3);
     bridge.set_behaviour(Behaviour::Status(503));
 
-    let report = run_once(&config, false).unwrap();
-    assert_eq!(report.failed, 2);
-    assert_eq!(report.deferred, 1);
+    // Past its lifetime, a message still gets MIN_ATTEMPTS_TO_EXPIRE attempts (forced passes
+    // here stand for its retries), then goes to failed/, and the next one is tried.
+    let mut failed_total = 0;
+    for pass in 1..=2 * MIN_ATTEMPTS_TO_EXPIRE {
+        let report = run_once(&config, true).unwrap();
+        failed_total += report.failed;
+        if pass < MIN_ATTEMPTS_TO_EXPIRE {
+            assert_eq!((report.failed, report.deferred), (0, 1), "pass {pass}");
+        }
+    }
+    assert_eq!(failed_total, 2);
     assert_eq!(queued(&spool), vec![young.clone()]);
     let failed = spool.root().join("failed");
     for id in [&first, &second] {
         assert!(failed.join(&id.0).is_file());
         let reason = std::fs::read_to_string(failed.join(format!("{id}.reason"))).unwrap();
         assert!(reason.contains("503"), "{reason}");
-        assert!(reason.contains("gave up after 1 attempts"), "{reason}");
+        assert!(
+            reason.contains(&format!("gave up after {MIN_ATTEMPTS_TO_EXPIRE} attempts")),
+            "{reason}"
+        );
     }
     assert!(spool.has_backlog());
 
@@ -225,6 +236,45 @@ fn an_expired_message_moves_to_failed_and_the_next_one_goes_on() {
     // failed/ is never re-delivered.
     assert_eq!(run_once(&config, true).unwrap().delivered, 0);
     assert_eq!(failed_names(&failed).len(), 4);
+}
+
+/// The wall clock stepped back after mail was queued (NTP correcting a fast clock): the
+/// queue's schedule, made by the old clock, lies in the future. The messages are due now,
+/// instead of holding the ordered queue for as long as the clock went back.
+#[test]
+fn a_clock_that_stepped_back_does_not_hold_the_queue() {
+    let (_dir, bridge, config, spool) = setup("deliver-clock-back");
+    let hour = Duration::from_secs(3600);
+    // Queued "an hour from now" as far as today's clock can tell: one never tried, one
+    // that failed once and was scheduled 10 s after that.
+    let fresh = enqueue_at(&spool, 1, SystemTime::now() + hour);
+    let tried = enqueue_at(&spool, 2, SystemTime::now() + hour);
+    spool
+        .defer(&tried, SystemTime::now() + hour + backoff(1), "HTTP 503")
+        .unwrap();
+    let report = run_once(&config, false).unwrap();
+    assert_eq!(report.delivered, 2, "{report:?}");
+    assert_eq!(delivered(&bridge), vec![1, 2]);
+    let _ = fresh;
+}
+
+/// The wall clock stepped forward past the lifetime (a box without a real-time clock, set
+/// right by NTP after boot): mail queued before that is not sent to failed/ at its first
+/// failure.
+#[test]
+fn a_clock_that_stepped_forward_does_not_expire_the_backlog_at_once() {
+    let (_dir, bridge, config, spool) = setup("deliver-clock-forward");
+    let ten_days = Duration::from_secs(10 * 86400);
+    for n in 1..=3 {
+        enqueue_at(&spool, n, SystemTime::now() - ten_days);
+    }
+    bridge.set_behaviour(Behaviour::Status(503));
+    let report = run_once(&config, false).unwrap();
+    assert_eq!((report.failed, report.deferred), (0, 1), "{report:?}");
+    assert_eq!(queued(&spool).len(), 3);
+    bridge.set_behaviour(Behaviour::Accept);
+    assert_eq!(run_once(&config, true).unwrap().delivered, 3);
+    assert_eq!(delivered(&bridge), vec![1, 2, 3]);
 }
 
 #[test]
