@@ -1092,6 +1092,43 @@ impl Config {
         }
     }
 
+    /// What `sendmail` falls back to when the configuration cannot be used (a typo, a bad
+    /// mode, a file the caller may not read): the defaults, with no bridge (`queue` empty:
+    /// nothing is sent anywhere the broken file may have meant), and the spool the file
+    /// names when it is trustworthy enough to have been parsed, so that the message waits
+    /// in the maildrop for the running daemon, which keeps its last good configuration,
+    /// instead of being refused.
+    pub fn rescue(error: &ConfigError) -> Config {
+        let mut config = Config {
+            queue: String::new(),
+            ..Config::default()
+        };
+        // Only a file that passed the ownership and mode checks (its text is at fault) is
+        // asked for its spool; anything else gets the default one.
+        if let ConfigError::Invalid {
+            path: Some(path), ..
+        } = error
+        {
+            let named = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.parse::<toml::Table>().ok())
+                .and_then(|table| match table.get("spool_dir") {
+                    Some(toml::Value::String(dir)) => Some(PathBuf::from(dir)),
+                    _ => None,
+                })
+                .filter(|dir| dir.is_absolute());
+            if let Some(dir) = named {
+                config.spool_dir = dir;
+            }
+        }
+        config
+    }
+
+    /// Whether a bridge is configured: not in the [`Config::rescue`] configuration.
+    pub fn has_bridge(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// The effective settings as TOML, as `smtp_bridge --check-config` prints them.
     pub fn to_toml(&self) -> String {
         let secs = |d: Duration| d.as_secs().to_string();

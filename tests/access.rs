@@ -569,7 +569,7 @@ fn an_ordinary_user_lists_and_flushes_the_queue_through_the_daemon() {
     let listing = as_mallory(&["-bp"]);
     let text = String::from_utf8_lossy(&listing.stdout);
     assert!(listing.status.success(), "{listing:?}");
-    assert_eq!(text.lines().count(), 1, "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
     assert!(
         text.contains("<a@example.org>") && text.contains("(connection refused"),
         "{text}"

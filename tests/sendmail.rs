@@ -1294,3 +1294,41 @@ fn mailq_output_injection_is_refused_and_escaped() {
     assert!(mailq.stdout.contains("a%1B]0;x%07%0AFAKE@x"), "{mailq:?}");
     assert!(mailq.stdout.contains("r%1B[2J@x"), "{mailq:?}");
 }
+
+/// A typo in the configuration (after an edit, before the admin noticed) refuses no mail:
+/// the message waits in the spool the file names, the bridge the broken file may mean is
+/// not tried, the caller sees a silent success, and once the file is fixed a queue run
+/// delivers it. `mailq` still says what is wrong (exit 78).
+#[test]
+fn a_broken_configuration_spools_instead_of_refusing() {
+    let w = World::new("sm-rescue");
+    // Prepare the spool with a good file first (as the daemon or install.sh would have).
+    w.call(&["-i", "first@x"])
+        .stdin(b"Subject: before the typo\n\nx\n")
+        .run()
+        .assert_silent_success();
+    wait_digests(&w, 1);
+    let good = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(&w.config, format!("{good}max_body_chars = \"lots\"\n")).unwrap();
+    for by_nobody in [false, true] {
+        let call = w
+            .call(&["-i", "after@x"])
+            .stdin(b"Subject: after the typo\n\nx\n");
+        let call = if by_nobody { call.by_nobody() } else { call };
+        call.run().assert_silent_success();
+    }
+    assert_eq!(
+        w.bridge.requests(),
+        1,
+        "the bridge was tried with a broken file"
+    );
+    let mailq = w.call(&[]).arg0("mailq").run();
+    let err = mailq.assert_failure(78);
+    assert!(err.contains("max_body_chars"), "{err}");
+    // Fixed: both wait in the queue (taken in from the maildrop too) and are delivered.
+    std::fs::write(&w.config, good).unwrap();
+    assert_eq!(w.queued().len(), 2);
+    w.call(&["-q"]).run().assert_silent_success();
+    let got = wait_digests(&w, 3);
+    assert!(got[1].contains("after the typo") && got[2].contains("after the typo"));
+}

@@ -171,8 +171,20 @@ pub fn run(
         args.mode,
         Mode::Deliver | Mode::Smtp | Mode::ListQueue | Mode::RunQueue
     );
+    let mut rescued = None;
     let config = match Config::locate(explicit.as_deref()) {
         Ok(config) => Some(config),
+        // A message is never refused over the configuration (cron's output would be lost
+        // with it): it waits in the spool, where the daemon, which keeps its last good
+        // configuration, takes it; the error goes to the log. Refused only when that spool
+        // cannot take it either.
+        // (Not a file others may write: that one is refused, loudly, as the daemon refuses
+        // it, since nothing it says can be trusted and the admin must fix it.)
+        Err(e) if args.mode == Mode::Deliver && !matches!(e, ConfigError::Insecure { .. }) => {
+            let config = Config::rescue(&e);
+            rescued = Some(e);
+            Some(config)
+        }
         Err(e) if needs_config => return Err(SendmailError::Config(e)),
         // newaliases in a package's postinst must not fail over our configuration.
         Err(_) => None,
@@ -195,6 +207,19 @@ pub fn run(
     let Some(config) = config else {
         return run_without_config(&args, output);
     };
+    if let Some(error) = rescued {
+        log::error!(
+            "{error}; the message goes to the spool {} without trying the bridge",
+            config.spool_dir.display()
+        );
+        let origin = local_origin(args.full_name.as_deref());
+        return become_spool_owner(&config, false)
+            .and_then(|()| deliver(&config, &args, origin, input))
+            .map_err(|spooling| {
+                log::error!("and the spool could not take it: {spooling}");
+                SendmailError::Config(error)
+            });
+    }
     match &args.mode {
         Mode::Deliver => {
             let origin = local_origin(args.full_name.as_deref());

@@ -194,6 +194,9 @@ fn attempt(
     raw: &[u8],
     total: u64,
 ) -> Option<BridgeMiss> {
+    if !config.has_bridge() {
+        return Some(BridgeMiss::NoConfiguration);
+    }
     if spool.has_backlog() || spool.maildrop_marked() {
         return Some(BridgeMiss::Backlog);
     }
@@ -216,6 +219,8 @@ fn attempt(
 enum BridgeMiss {
     /// Delivery is backed up: the message queues behind the others.
     Backlog,
+    /// The configuration could not be used ([`Config::rescue`]): the bridge is not tried.
+    NoConfiguration,
     /// The bridge was tried and failed.
     Failed(String),
 }
@@ -227,6 +232,7 @@ fn finish(
     envelope: &Envelope,
     size: u64,
 ) -> Result<SubmitOutcome, SubmitError> {
+    let unconfigured = matches!(bridge, Some(BridgeMiss::NoConfiguration));
     let why = match bridge {
         Some(BridgeMiss::Failed(why)) => Some(why),
         _ => None,
@@ -235,6 +241,10 @@ fn finish(
         Ok(id) => {
             let status = match &why {
                 Some(why) => format!("deferred (bridge: {why}), spooled for retry"),
+                None if unconfigured => {
+                    "queued (the configuration could not be used; the bridge was not tried)"
+                        .to_owned()
+                }
                 None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
             };
             log_submission(&id, envelope, size, &status);
