@@ -248,11 +248,11 @@ fn finish(
                 None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
             };
             log_submission(&id, envelope, size, &status);
-            if !spool.is_owned_by_us() {
-                // Left in maildrop/: whoever submits next must not overtake it.
-                if let Err(e) = spool.mark_maildrop() {
-                    log::warn!("{id}: cannot mark the maildrop: {e}");
-                }
+            // Whoever submits next must not overtake it (left in maildrop/), and the daemon,
+            // which looks for the mark every second, takes it up now (in queue/ too, where
+            // it would otherwise wait for the daemon's next look at an idle spool).
+            if let Err(e) = spool.mark_maildrop() {
+                log::warn!("{id}: cannot mark the maildrop: {e}");
             }
             if why.is_some() {
                 // Until the queue drains, later mail must queue behind this one instead of
