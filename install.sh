@@ -206,6 +206,10 @@ setting() { # KEY
 	printf '%s\n' "$EFFECTIVE" | sed -n "s/^$1 *= *\"\(.*\)\"\$/\1/p" | head -n 1
 }
 
+setting_line() { # KEY: the whole line, for lists
+	printf '%s\n' "$EFFECTIVE" | sed -n "/^$1 *= */p" | head -n 1
+}
+
 load_settings() {
 	if ! EFFECTIVE=$("$DESTDIR$DAEMON" --check-config --config "$DESTDIR$CONF" 2>&1); then
 		printf '%s\n' "$EFFECTIVE" >&2
@@ -422,7 +426,8 @@ start_daemon() {
 			[ -d "$UNIT_DIR/$wants" ] || record dir "$UNIT_DIR/$wants"
 		done
 		systemctl enable smtp_bridge.socket smtp_bridge.service
-		systemctl restart smtp_bridge.socket smtp_bridge.service
+		systemctl restart smtp_bridge.socket smtp_bridge.service ||
+			die "smtp_bridge did not start: see systemctl status smtp_bridge.socket smtp_bridge.service"
 		say "started smtp_bridge.socket and smtp_bridge.service (systemctl status smtp_bridge)"
 		return 0
 	fi
@@ -430,18 +435,42 @@ start_daemon() {
 	# No systemd: start the daemon in the background as root; it binds, then drops to
 	# the configured user itself. Nothing restarts it at boot.
 	stop_daemon
-	"$DAEMON" --config "$CONF" </dev/null >/dev/null 2>&1 &
+	"$DAEMON" --config "$CONF" </dev/null >/dev/null 2>"$TMP_DIR/daemon.err" &
 	echo $! >"$PIDFILE"
 	sleep 1
 	if ! running "$(cat "$PIDFILE")"; then
 		rm -f "$PIDFILE"
-		die "the daemon exited at once; run: $DAEMON --config $CONF --loglevel debug"
+		die "the daemon exited at once: $(head -n 3 "$TMP_DIR/daemon.err")
+  (for more: $DAEMON --config $CONF --loglevel debug)"
 	fi
 	say "started $DAEMON (pid $(cat "$PIDFILE"), no systemd: not started at boot)"
 }
 
+# Another MTA (exim4, postfix) still holding a port of `listen` would leave sendmail
+# replaced and no daemon: refuse before the spool, the units or sendmail are touched. Our
+# own daemon (an upgrade) is fine.
+check_ports() {
+	{ staged || [ "$START" != 1 ] || ! command -v ss >/dev/null 2>&1; } && return 0
+	# The configuration the daemon will start with: the one there, or the example that
+	# install_files puts there.
+	conf=$CONF
+	[ -f "$conf" ] || conf=$SRC_DIR/smtp_bridge.conf.example
+	EFFECTIVE=$("$BIN_SRC/smtp_bridge" --check-config --config "$conf" 2>/dev/null) || return 0
+	ports=$(setting_line listen | grep -o ':[0-9]*"' | tr -d ':"' | sort -u)
+	for port in $ports; do
+		holders=$(ss -Hltnp "sport = :$port" 2>/dev/null |
+			sed -n 's/.*users:((\("[^"]*"\),pid=\([0-9]*\).*/\1 (pid \2)/p' |
+			grep -v '^"smtp_bridge"' | sort -u | tr '\n' ' ')
+		[ -z "$holders" ] && continue
+		die "port $port is in use by ${holders% }: stop and remove the MTA that holds it first
+  (apt-get remove exim4-daemon-light, or postfix; systemctl disable --now SERVICE),
+or install without starting the daemon: --no-start"
+	done
+}
+
 do_install() {
 	build
+	check_ports
 	TMP_DIR=$(mktemp -d)
 	make_dir "$STATE_DIR" 0755
 	if staged; then
@@ -530,7 +559,12 @@ do_uninstall() {
 		if spool_is_empty "$spool"; then
 			rm -rf "$DESTDIR$spool"
 		else
-			say "keeping $DESTDIR$spool: it still holds messages (see mailq)"
+			waiting=$(find "$DESTDIR$spool/maildrop" "$DESTDIR$spool/queue" -mindepth 1 -maxdepth 1 \
+				-type f ! -name '.*' ! -name '*.retry' 2>/dev/null | wc -l)
+			failed=$(find "$DESTDIR$spool/failed" -mindepth 1 -maxdepth 1 -type f \
+				! -name '*.reason' 2>/dev/null | wc -l)
+			say "keeping $DESTDIR$spool: $waiting message(s) were still waiting and $failed in failed/
+  (to deliver waiting mail before uninstalling: sendmail -q, with the bridge up)"
 		fi
 	done
 	rm -f "$DESTDIR$STATE_DIR/pending-actions"

@@ -676,6 +676,41 @@ impl Drop for SystemInstall {
     }
 }
 
+/// Another MTA still on port 25 (exim4 or postfix not removed yet): the quick start refuses
+/// before it changes anything, and says who holds the port, instead of replacing sendmail
+/// and leaving no daemon.
+#[test]
+fn system_install_refuses_while_another_mta_holds_port_25() {
+    if !system_tests_allowed() || !common::require_tool("ss") {
+        return;
+    }
+    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        !Path::new("/var/lib/smtp_bridge").exists(),
+        "the machine already has smtp_bridge installed; the system test needs a clean one"
+    );
+    let _guard = SystemInstall {
+        wrote_config: false,
+    };
+    let before = system_snapshot();
+    let other_mta = std::net::TcpListener::bind("127.0.0.1:25").expect("port 25 free");
+    let bins = bin_dir();
+    let out = install_sh(
+        None,
+        "/usr/local",
+        &["--replace-sendmail", "--binaries", bins.to_str().unwrap()],
+    );
+    drop(other_mta);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        err.contains("port 25 is in use by") && err.contains("--no-start"),
+        "{err}"
+    );
+    let after = system_snapshot();
+    assert!(before == after, "changed:\n{}", diff(&before, &after));
+}
+
 #[test]
 fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_machine() {
     if !system_tests_allowed() || !common::require_tool("mail") {
