@@ -31,6 +31,8 @@ Options:
   -f, --foreground      copy every log line to standard error (running by hand)
   -t, --check-config    validate the configuration, print the effective settings as TOML
                         and exit (0 when valid, 78 when not)
+  --requeue ID|all      move a message (or all) kept in failed/ back into the queue, in
+                        its place by arrival, and exit (as root or the spool's owner)
   -V, --version         print the version and exit
   -h, --help            print this help and exit
 
@@ -38,7 +40,8 @@ The daemon never forks: run it under systemd or another supervisor.
 
 Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration.
 Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen or start a thread,
-73 cannot prepare the spool, 77 cannot drop privileges, 78 configuration error.
+66 no such message in failed/ (--requeue), 73 cannot prepare the spool or requeue,
+77 cannot drop privileges, 78 configuration error.
 ";
 
 /// Set once logging copies lines to stderr, so a fatal error is not printed twice.
@@ -51,6 +54,7 @@ struct Args {
     loglevel: Option<LogLevel>,
     foreground: bool,
     check_config: bool,
+    requeue: Option<String>,
     version: bool,
     help: bool,
 }
@@ -66,6 +70,8 @@ enum Failure {
     Listen(listen::ListenError),
     /// The spool directories could not be prepared.
     Spool(std::io::Error),
+    /// `--requeue`: no such message in failed/, or it could not be moved.
+    Requeue(std::io::Error),
     /// Root could not be dropped, or the drop could not be proven.
     Privileges(PrivilegeError),
     /// The delivery thread could not be started.
@@ -83,6 +89,8 @@ impl Failure {
             Failure::Listen(_) | Failure::Delivery(_) => sysexits::EX_OSERR,
             // The spool directories could not be created or given to the daemon's user.
             Failure::Spool(_) => sysexits::EX_CANTCREAT,
+            Failure::Requeue(e) if e.kind() == std::io::ErrorKind::NotFound => sysexits::EX_NOINPUT,
+            Failure::Requeue(_) => sysexits::EX_CANTCREAT,
             Failure::Privileges(_) => sysexits::EX_NOPERM,
             Failure::Server(_) => sysexits::EX_SOFTWARE,
         }
@@ -96,6 +104,7 @@ impl std::fmt::Display for Failure {
             Failure::Config(e) => e,
             Failure::Listen(e) => e,
             Failure::Spool(e) => return write!(f, "cannot prepare the spool: {e}"),
+            Failure::Requeue(e) => return write!(f, "cannot requeue: {e}"),
             Failure::Privileges(e) => e,
             Failure::Delivery(e) => return write!(f, "cannot start delivery: {e}"),
             Failure::Server(e) => e,
@@ -163,6 +172,9 @@ fn run() -> Result<(), Failure> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    if let Some(which) = &args.requeue {
+        return requeue(&config, which);
+    }
     init_logging(&config, &args);
     let listeners = open_listeners(&config)?;
     let target = resolve_target(&config)?;
@@ -200,6 +212,9 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, Failure> {
         help: p.contains(["-h", "--help"]),
         version: p.contains(["-V", "--version"]),
         check_config: p.contains(["-t", "--check-config"]),
+        requeue: p
+            .opt_value_from_str::<_, String>("--requeue")
+            .map_err(usage)?,
         foreground: p.contains(["-f", "--foreground"]),
         // As a string (PathBuf: FromStr), because only string values honour `--config=PATH`.
         config: p
@@ -261,6 +276,22 @@ fn open_listeners(config: &Config) -> Result<Vec<TcpListener>, Failure> {
         return Ok(listeners);
     }
     listen::bind_all(&config.listen).map_err(Failure::Listen)
+}
+
+/// `--requeue ID|all`: failed/ back into the queue, one line per message on stdout. Run as
+/// root, the files keep their owner (the daemon's user); the running daemon takes them up
+/// within a second.
+fn requeue(config: &Config, which: &str) -> Result<(), Failure> {
+    let spool = Spool::new(config.spool_dir.clone());
+    let which = (which != "all").then_some(which);
+    let ids = spool.requeue_failed(which).map_err(Failure::Requeue)?;
+    if ids.is_empty() {
+        println!("nothing in {}/failed", config.spool_dir.display());
+    }
+    for id in ids {
+        println!("{id}: requeued");
+    }
+    Ok(())
 }
 
 /// Whom to become: `None` when not started as root (nothing to drop).

@@ -244,9 +244,6 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
     };
     let entries = spool.list()?;
     let mut text = String::new();
-    if entries.is_empty() {
-        text.push_str("Mail queue is empty\n");
-    }
     for entry in &entries {
         // Addresses come from any local user and this goes to someone's terminal: control
         // characters are shown %XX-escaped, never sent as is.
@@ -276,6 +273,8 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
         }
         text.push('\n');
     }
+    // Notes, then the last line, which monitoring reads (check_mailq -M postfix): Postfix's
+    // closing line, or "Mail queue is empty".
     if let Some(e) = untaken {
         log::warn!("cannot take in the maildrop: {e}");
         let _ = writeln!(
@@ -284,8 +283,16 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
             escape_text(&e.to_string())
         );
     }
-    if !entries.is_empty() {
-        // Postfix's closing line, which monitoring reads (check_mailq -M postfix).
+    let failed = spool.failed_names().map(|names| names.len()).unwrap_or(0);
+    if failed > 0 {
+        let _ = writeln!(
+            text,
+            "-- {failed} message(s) kept in failed/ after their lifetime; smtp_bridge --requeue all sends them again"
+        );
+    }
+    if entries.is_empty() {
+        text.push_str("Mail queue is empty\n");
+    } else {
         let bytes: u64 = entries.iter().map(|e| e.size).sum();
         let _ = writeln!(
             text,

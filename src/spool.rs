@@ -1475,6 +1475,76 @@ impl Spool {
         fsync_dir(&self.queue_dir())
     }
 
+    /// The messages kept in `failed/` (names without their `.reason`).
+    pub fn failed_names(&self) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = match read_names(&self.failed_dir()) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        }
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| !n.starts_with('.') && !n.ends_with(REASON_SUFFIX))
+        .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Moves messages kept in `failed/` back into the queue (`smtp_bridge --requeue`): the
+    /// one called `which`, or all. Each keeps its queue ID (a fresh one when that is taken
+    /// again), so it goes out in its place among the waiting mail, with a fresh retry state;
+    /// its reason file goes. Returns the new queue IDs, in order.
+    pub fn requeue_failed(&self, which: Option<&str>) -> io::Result<Vec<QueueId>> {
+        let failed = self.failed_dir();
+        let names = self.failed_names()?;
+        let names: Vec<String> = match which {
+            None => names,
+            Some(name) => names.into_iter().filter(|n| n == name).collect(),
+        };
+        if let (Some(name), true) = (which, names.is_empty()) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no message {name} in {}", failed.display()),
+            ));
+        }
+        let mut requeued = Vec::new();
+        for name in names {
+            let path = failed.join(&name);
+            let meta = fs::symlink_metadata(&path)?;
+            if !meta.is_file() || meta.nlink() != 1 {
+                log::warn!(
+                    "failed/{}: not a message file; left",
+                    escape(name.as_bytes())
+                );
+                continue;
+            }
+            // `ID` or `ID-N` (a second failure under the same ID).
+            let base = name.get(..ID_LEN).filter(|b| is_id(b.as_bytes()));
+            let mut id = base.map_or_else(QueueId::generate, |b| QueueId(b.to_owned()));
+            loop {
+                remove_if_exists(&self.retry_path(&id))?;
+                match rename_noreplace(&path, &self.queue_dir().join(&id.0)) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        id = QueueId::generate();
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            remove_if_exists(&failed.join(format!("{name}{REASON_SUFFIX}")))?;
+            log::info!("{id}: requeued from failed/{}", escape(name.as_bytes()));
+            requeued.push(id);
+        }
+        if !requeued.is_empty() {
+            fsync_dir(&self.queue_dir())?;
+            fsync_dir(&failed)?;
+            // The daemon looks for the mark every second.
+            self.mark_maildrop()?;
+        }
+        requeued.sort();
+        Ok(requeued)
+    }
+
     /// Takes the queue-runner lock; `None` when another process holds it and `wait` is false.
     pub fn lock_runner(&self, wait: bool) -> io::Result<Option<RunnerLock>> {
         Ok(self

@@ -657,6 +657,58 @@ fn fail_never_overwrites_an_existing_failed_message() {
     assert!(spool.list().unwrap().is_empty());
 }
 
+/// `smtp_bridge --requeue`: what failed/ kept goes back into the queue in its place by
+/// arrival, without its reason and with a fresh retry state; mailq says what failed/ holds
+/// until then.
+#[test]
+fn failed_messages_are_requeued_in_their_place() {
+    let dir = TestDir::new("spool-requeue");
+    let spool = prepared(&dir);
+    let first = queue_message(&spool, &envelope("a@x", &["r@x"]), b"first");
+    let second = queue_message(&spool, &envelope("b@x", &["r@x"]), b"second");
+    spool.defer(&first, SystemTime::now(), "HTTP 503").unwrap();
+    spool.fail(&first, "lifetime expired", true).unwrap();
+    let config = dir.join("c.toml");
+    fs::write(
+        &config,
+        format!("spool_dir = \"{}\"\n", spool.root().display()),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let (listing, _) = smtp_bridge::showq::queue_listing(&spool, 1 << 20).unwrap();
+    assert!(
+        listing.contains("-- 1 message(s) kept in failed/")
+            && listing.ends_with("-- 1 Kbytes in 1 Request.\n"),
+        "{listing}"
+    );
+    let requeue = |which: &str| {
+        Command::new(common::daemon_bin())
+            .args(["--config", config.to_str().unwrap(), "--requeue", which])
+            .output()
+            .unwrap()
+    };
+    let unknown = requeue("0000");
+    assert_eq!(unknown.status.code(), Some(66), "{unknown:?}");
+    let out = requeue("all");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{first}: requeued\n")
+    );
+    let ids: Vec<QueueId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![first.clone(), second], "in arrival order");
+    let entry = &spool.list().unwrap()[0];
+    assert_eq!(entry.attempts, 0);
+    assert!(names(&spool.root().join("failed")).is_empty());
+    // The daemon is told to look.
+    assert!(spool.maildrop_marked());
+    let again = requeue("all");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        format!("nothing in {}/failed", spool.root().display())
+    );
+}
+
 #[test]
 fn a_full_disk_leaves_no_partial_file_and_keeps_the_maildrop() {
     let dir = TestDir::new("spool-full");
