@@ -13,7 +13,10 @@ use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
-use super::text::{decode_guessing, decode_legacy, lenient_base64, one_line, tidy};
+use super::text::{
+    decode_guessing, decode_legacy, decode_lines, has_utf8_sequences, lenient_base64, one_line,
+    tidy, windows_1252,
+};
 use super::Attachment;
 use super::{guard, html};
 
@@ -234,9 +237,29 @@ fn redecoded(msg: &Message<'_>, part: &MessagePart<'_>, decoded: &str) -> Option
     let bytes = transfer_decoded(msg, part)?;
     match (std::str::from_utf8(&bytes), charset_class(label)) {
         (Ok(utf8), CharsetClass::SingleByte) => Some(utf8.to_owned()),
-        (Err(_), CharsetClass::Utf8OrUnknown) => decode_legacy(&bytes),
+        // Some lines UTF-8, some not (one command of a cron job printed Latin-1): line by
+        // line, the others through the declared charset (Windows-1252 for an ASCII label,
+        // which those bytes cannot be).
+        (Err(_), CharsetClass::SingleByte) if has_utf8_sequences(&bytes) => {
+            let declared = label
+                .map(|l| l.trim().trim_matches('"').to_ascii_lowercase())
+                .filter(|l| !is_ascii_label(l))
+                .and_then(|l| charset_decoder(l.as_bytes()));
+            Some(decode_lines(&bytes, declared.unwrap_or(windows_1252)))
+        }
+        (Err(_), CharsetClass::Utf8OrUnknown) => {
+            decode_legacy(&bytes).or_else(|| Some(decode_lines(&bytes, windows_1252)))
+        }
         _ => None,
     }
+}
+
+/// Whether a charset label names ASCII (whose decoder cannot read 8-bit bytes).
+fn is_ascii_label(label: &str) -> bool {
+    let name = label.strip_prefix("x-").unwrap_or(label);
+    ["us-ascii", "ascii", "ansi_x3.4", "iso646"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// What a declared charset says about how far its label can be trusted.

@@ -136,6 +136,23 @@ fn headers_only_without_a_final_line_end_keep_their_last_header() {
 }
 
 #[test]
+fn a_body_of_utf8_and_latin1_lines_is_read_line_by_line() {
+    // Cron in the C locale: one command printed UTF-8, another one Latin-1.
+    let raw =
+        b"From: root (Cron Daemon)\nSubject: job\nContent-Type: text/plain; charset=US-ASCII\n\
+Content-Transfer-Encoding: 8bit\n\ncaf\xc3\xa9 \xe2\x9c\x93 ok\nr\xe9sum\xe9 failed\n";
+    assert_eq!(digest(raw).body, "café ✓ ok\nrésumé failed");
+    // Labelled UTF-8 (or nothing), the same mixture.
+    let raw = b"From: a@example.org\nSubject: s\nContent-Type: text/plain; charset=utf-8\n\n\
+caf\xc3\xa9 ok\nr\xe9sum\xe9 failed\n";
+    assert_eq!(digest(raw).body, "café ok\nrésumé failed");
+    // A Latin-1 label whose lines are Latin-1 but for one UTF-8 line.
+    let raw = b"From: a@example.org\nSubject: s\nContent-Type: text/plain; charset=iso-8859-1\n\n\
+caf\xc3\xa9\n\xa4 \xe9t\xe9\n";
+    assert_eq!(digest(raw).body, "café\n¤ été");
+}
+
+#[test]
 fn iso_2022_jp_subject_and_body() {
     let mut raw = b"From: tanaka@example.jp\nSubject: =?ISO-2022-JP?B?GyRCN29MPiVGJTklSBsoQg==?=\n\
 Content-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n\n"

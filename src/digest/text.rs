@@ -340,6 +340,37 @@ pub fn decode_legacy(bytes: &[u8]) -> Option<String> {
     Some(decode(bytes))
 }
 
+/// Whether `bytes` hold at least one valid UTF-8 sequence of more than one byte.
+pub fn has_utf8_sequences(bytes: &[u8]) -> bool {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .any(|c| !c.is_ascii() && c != '\u{fffd}')
+}
+
+/// Text in two encodings at once, line by line: cron mails the output of every command of a
+/// job in one body, and one program may print UTF-8 while another prints Latin-1. Each line
+/// that is valid UTF-8 is read as UTF-8, each line holding no UTF-8 sequence through
+/// `legacy`, and a line of UTF-8 with a stray byte as UTF-8 with a replacement character.
+pub fn decode_lines(bytes: &[u8], legacy: fn(&[u8]) -> String) -> String {
+    let mut out = String::with_capacity(bytes.len() + bytes.len() / 8);
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        match std::str::from_utf8(line) {
+            Ok(text) => out.push_str(text),
+            Err(_) if has_utf8_sequences(line) => out.push_str(&String::from_utf8_lossy(line)),
+            Err(_) => out.push_str(&legacy(line)),
+        }
+    }
+    out
+}
+
+/// Windows-1252, the superset of Latin-1 that unlabelled 8-bit text nearly always is.
+pub fn windows_1252(bytes: &[u8]) -> String {
+    match mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252") {
+        Some(decode) => decode(bytes),
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Text of unknown charset: UTF-8 when it is, Windows-1252 when it holds no UTF-8 at all
 /// ([`decode_legacy`]), else UTF-8 with replacement characters.
 pub fn decode_guessing(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
