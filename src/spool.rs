@@ -1127,6 +1127,11 @@ impl Spool {
         if fmeta.len() > limit {
             return self.set_aside(&path, &shown, &too_big(fmeta.len(), limit));
         }
+        if has_holes(&file, fmeta.len()) {
+            // `sendmail` writes every byte; holes are someone making the spool pay for
+            // space their quota never did (copied in, they become real blocks).
+            return self.set_aside(&path, &shown, "sparse file (holes)");
+        }
         let mut reader = BufReader::new(file.take(limit.saturating_add(1)));
         let (mut envelope, header_len) = match parse_header(&mut reader) {
             Ok(parsed) => parsed,
@@ -1708,6 +1713,15 @@ enum Ingested {
 
 /// Why a maildrop entry is not a message at all (and may be removed), judged from its
 /// (l)stat: anything but a regular file with exactly one link.
+/// Whether the file has a hole before its end (`lseek(SEEK_HOLE)`; file systems that do
+/// not track holes report none, and compression is not a hole). The offset is put back.
+fn has_holes(file: &File, len: u64) -> bool {
+    use nix::unistd::{lseek, Whence};
+    let hole = lseek(file, 0, Whence::SeekHole);
+    let _ = lseek(file, 0, Whence::SeekSet);
+    matches!(hole, Ok(at) if u64::try_from(at).is_ok_and(|at| at < len))
+}
+
 fn refusal(meta: &fs::Metadata) -> Option<String> {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {

@@ -486,6 +486,42 @@ time.sleep(60)
     assert!(!leased.exists());
 }
 
+/// A maildrop file with holes (a user's trick to make the spool pay, in real blocks, for
+/// space their quota never did) is kept in failed/, not copied into the queue.
+#[test]
+fn a_sparse_maildrop_file_is_set_aside() {
+    if !common::require_root() {
+        return;
+    }
+    let (bridge, d) = common::daemon::setup("a-sparse", "");
+    let maildrop = d.dir().join("spool").join("maildrop");
+    let sparse = maildrop.join("0-sparse");
+    let fine = maildrop.join("E-fine");
+    as_user(MALLORY, move || {
+        let f = std::fs::File::create(&sparse)?;
+        std::io::Write::write_all(&mut &f, &forged("SPARSE"))?;
+        f.set_len(8 << 20)?;
+        std::fs::write(&fine, forged("HONEST"))
+    });
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("nudge", "x")).unwrap().0, 250);
+    let got = bridge.wait_for(2, SOON);
+    let texts: Vec<&str> = got.iter().map(|r| r.reply.as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("HONEST")), "{texts:#?}");
+    assert!(!texts.iter().any(|t| t.contains("SPARSE")), "{texts:#?}");
+    let reasons: String = std::fs::read_dir(d.dir().join("spool").join("failed"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "reason"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        reasons.contains("sparse file"),
+        "{reasons}\n{}",
+        d.log_text()
+    );
+}
+
 /// A message an ordinary user's `sendmail` left in the maildrop (its own bridge attempt
 /// failed) goes out within a few seconds: the drop-off marks the maildrop and the daemon
 /// looks for the mark every second, instead of waiting for its 30-second look at an idle
