@@ -508,7 +508,9 @@ impl DeliveryThread {
                         spares: &spares,
                         max_message_size: &limit,
                     };
-                    run_thread(config, poll, inbox, &shared);
+                    supervise(&stop, RESTART_AFTER_PANIC, || {
+                        run_thread(config.clone(), poll, &inbox, &shared)
+                    });
                     let _ = done.send(());
                 })?
         };
@@ -624,7 +626,40 @@ struct Shared<'a> {
     max_message_size: &'a AtomicU64,
 }
 
-fn run_thread(mut config: Config, poll: Duration, inbox: Receiver<Command>, shared: &Shared<'_>) {
+/// How long the delivery thread rests after a panic before it starts over.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(10);
+
+/// Runs `run` until it returns; when it panics (a bug: nothing in a pass should), logs it
+/// and starts it over after `rest`, so that the daemon does not go on answering 250 with
+/// nothing delivering its mail. What was queued stays queued; a stop ends the rest early.
+fn supervise(stop: &AtomicBool, rest: Duration, mut run: impl FnMut()) {
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut run)) {
+            Ok(()) => return,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                log::error!(
+                    "delivery: the delivery thread panicked ({}); starting it over in {}",
+                    escape(what.as_bytes()),
+                    human(rest)
+                );
+                let until = Instant::now() + rest;
+                while Instant::now() < until {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    thread::sleep(rest.min(Duration::from_millis(100)));
+                }
+            }
+        }
+    }
+}
+
+fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, shared: &Shared<'_>) {
     let Shared {
         nudged,
         stop,
@@ -768,6 +803,29 @@ fn run_thread(mut config: Config, poll: Duration, inbox: Receiver<Command>, shar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_delivery_thread_is_started_over() {
+        let stop = AtomicBool::new(false);
+        let mut runs = 0;
+        supervise(&stop, Duration::from_millis(1), || {
+            runs += 1;
+            if runs < 3 {
+                panic!("pass {runs} went wrong");
+            }
+        });
+        assert_eq!(runs, 3);
+        // A stop during the rest ends it.
+        let stop = AtomicBool::new(true);
+        let mut runs = 0;
+        let started = Instant::now();
+        supervise(&stop, Duration::from_secs(60), || {
+            runs += 1;
+            panic!("always");
+        });
+        assert_eq!(runs, 1);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn backoff_doubles_from_ten_seconds_up_to_ten_minutes() {
