@@ -67,6 +67,24 @@ fi
 mv "$ROOT/usr/share/doc/smtp_bridge" "$ROOT/usr/share/doc/smtp-bridge"
 cp "$SRC/packaging/debian/copyright" "$ROOT/usr/share/doc/smtp-bridge/copyright"
 chmod 0644 "$ROOT/usr/share/doc/smtp-bridge/copyright"
+# Who builds it signs it, the Debian way (as dch does); the default names the project.
+MAINTAINER="${DEBFULLNAME:-smtp_bridge developers} <${DEBEMAIL:-dev@smtp-bridge.local}>"
+# A native package's changelog, as Debian policy asks.
+{
+	printf 'smtp-bridge (%s) unstable; urgency=medium\n\n' "$VERSION"
+	printf '  * Built from smtp_bridge %s; see /usr/share/doc/smtp-bridge/README.md.\n\n' "$VERSION"
+	printf ' -- %s  %s\n' "$MAINTAINER" "$(date -R -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}")"
+} | gzip -9n >"$ROOT/usr/share/doc/smtp-bridge/changelog.gz"
+chmod 0644 "$ROOT/usr/share/doc/smtp-bridge/changelog.gz"
+# sendmail(8) is also the page of the name the binary is installed under.
+ln -s sendmail.8.gz "$ROOT/usr/share/man/man8/smtp_bridge-sendmail.8.gz"
+# Links within the package are relative (install.sh, outside a package, makes them absolute).
+find "$ROOT" -type l | while read -r link; do
+	target=$(readlink "$link")
+	case $target in
+	/*) ln -sfr "$ROOT$target" "$link" ;;
+	esac
+done
 
 # Shared-library dependencies, as dh_shlibdeps would compute them.
 if command -v dpkg-shlibdeps >/dev/null 2>&1; then
@@ -84,7 +102,8 @@ DEPENDS="$DEPENDS, init-system-helpers (>= 1.54~)"
 mkdir -p "$ROOT/DEBIAN"
 SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
-	-e "s/@DEPENDS@/$DEPENDS/" "$SRC/packaging/debian/control.in" >"$ROOT/DEBIAN/control"
+	-e "s/@DEPENDS@/$DEPENDS/" -e "s|@MAINTAINER@|$MAINTAINER|" \
+	"$SRC/packaging/debian/control.in" >"$ROOT/DEBIAN/control"
 echo /etc/smtp_bridge.conf >"$ROOT/DEBIAN/conffiles"
 for script in postinst prerm postrm; do
 	cp "$SRC/packaging/debian/$script" "$ROOT/DEBIAN/$script"

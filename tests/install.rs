@@ -949,8 +949,10 @@ fn deb_builds_installs_with_apt_provides_the_mta_and_purges_cleanly() {
         "/usr/bin/mailq",
         "/usr/bin/newaliases",
     ] {
+        // Relative links inside the package (lintian), to the one binary.
+        assert!(link(Path::new(path)).is_relative(), "{path}");
         assert_eq!(
-            link(Path::new(path)),
+            std::fs::canonicalize(path).unwrap(),
             Path::new("/usr/sbin/smtp_bridge-sendmail"),
             "{path}"
         );
