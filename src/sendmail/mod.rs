@@ -71,6 +71,9 @@ pub enum SendmailError {
     QueuePermission(io::Error),
     /// Occurs when listing or running the queue fails otherwise (exit 75).
     Queue(io::Error),
+    /// Occurs when a user who may not read the spool asks for the queue and no daemon
+    /// answers for it (exit 69, as Postfix's "mail system is down").
+    MailSystemDown,
     /// Occurs when `-bs` cannot read its input or write its replies (exit 74).
     Session(io::Error),
     /// Occurs when writing to stdout fails other than by a closed pipe (exit 74).
@@ -96,6 +99,7 @@ impl SendmailError {
             SendmailError::Input(_) | SendmailError::TooLarge { .. } => sysexits::EX_DATAERR,
             SendmailError::Submit(_) | SendmailError::Queue(_) => sysexits::EX_TEMPFAIL,
             SendmailError::QueuePermission(_) => sysexits::EX_NOPERM,
+            SendmailError::MailSystemDown => sysexits::EX_UNAVAILABLE,
             SendmailError::Session(_) | SendmailError::Output(_) => sysexits::EX_IOERR,
             SendmailError::Privileges { .. } => sysexits::EX_OSERR,
         }
@@ -127,6 +131,10 @@ impl fmt::Display for SendmailError {
                 "cannot access the mail queue: {e} (only root and the spool owner may while the smtp_bridge daemon is not running)"
             ),
             SendmailError::Queue(e) => write!(f, "mail queue: {e}"),
+            SendmailError::MailSystemDown => write!(
+                f,
+                "mail queue unavailable - mail system is down: the smtp_bridge daemon does not answer, and only root and the spool owner may read the queue without it"
+            ),
             SendmailError::Session(e) => write!(f, "smtp session on stdin/stdout: {e}"),
             SendmailError::Output(e) => write!(f, "cannot write to stdout: {e}"),
             SendmailError::Privileges { step, source } => write!(f, "{step}: {source}"),
@@ -149,7 +157,8 @@ impl std::error::Error for SendmailError {
             SendmailError::NoRecipientsGiven
             | SendmailError::NoRecipients
             | SendmailError::TooManyRecipients { .. }
-            | SendmailError::TooLarge { .. } => None,
+            | SendmailError::TooLarge { .. }
+            | SendmailError::MailSystemDown => None,
         }
     }
 }
@@ -530,12 +539,13 @@ fn queue_error(e: io::Error) -> SendmailError {
 
 /// `mailq`, `sendmail -bp`: `Mail queue is empty`, or one line per waiting message
 /// ([`showq::queue_listing`]). Root and the spool's owner read the spool; anyone else asks
-/// the running daemon, which answers for it (and without one gets exit 77).
+/// the running daemon, which answers for it (and without one gets exit 69).
 fn list_queue(config: &Config, output: &mut dyn Write) -> Result<(), SendmailError> {
     if !may_run_queue(config) {
-        if let Some(listing) = ask_daemon(config, "list")? {
-            return write_output(output, listing.as_bytes());
-        }
+        return match ask_daemon(config, "list")? {
+            Some(listing) => write_output(output, listing.as_bytes()),
+            None => Err(SendmailError::MailSystemDown),
+        };
     }
     let spool = Spool::new(&config.spool_dir);
     let (listing, _) =
@@ -570,6 +580,7 @@ fn run_queue(config: &Config, summary: bool, output: &mut dyn Write) -> Result<(
             }
             return Ok(());
         }
+        return Err(SendmailError::MailSystemDown);
     }
     let report = if Spool::new(&config.spool_dir).root().exists() {
         crate::deliver::run_once(config, true).map_err(queue_error)?
@@ -623,6 +634,7 @@ mod tests {
             ),
             (SendmailError::Queue(io()), 75),
             (SendmailError::QueuePermission(io()), 77),
+            (SendmailError::MailSystemDown, 69),
             (SendmailError::Session(io()), 74),
             (SendmailError::Output(io()), 74),
             (
