@@ -469,6 +469,8 @@ fn bridge_failures_are_invisible_and_the_queue_delivers_once() {
             "{behaviour:?}: {mailq:?}"
         );
         assert!(mailq.stdout.contains("direct@x"), "{mailq:?}");
+        // What the bridge said, as for a message the daemon tried.
+        assert!(mailq.stdout.contains("  (sendmail: "), "{mailq:?}");
         let bp = w.call(&["-bp"]).run();
         assert_eq!(bp.stdout, mailq.stdout);
 

@@ -254,6 +254,14 @@ fn finish(
             if let Err(e) = spool.mark_maildrop() {
                 log::warn!("{id}: cannot mark the maildrop: {e}");
             }
+            if let (Some(why), true) = (&why, spool.is_owned_by_us()) {
+                // In queue/ (root): its retry state says what the bridge said, for mailq, and
+                // counts this attempt, as the daemon's own would.
+                let next = std::time::SystemTime::now() + crate::deliver::backoff(1);
+                if let Err(e) = spool.defer(&id, next, &format!("sendmail: {why}")) {
+                    log::debug!("{id}: cannot record the attempt: {e}");
+                }
+            }
             if why.is_some() {
                 // Until the queue drains, later mail must queue behind this one instead of
                 // overtaking it when the bridge comes back. Only the spool owner may set
