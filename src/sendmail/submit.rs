@@ -256,9 +256,10 @@ fn finish(
             }
             if let (Some(why), true) = (&why, spool.is_owned_by_us()) {
                 // In queue/ (root): its retry state says what the bridge said, for mailq, and
-                // counts this attempt, as the daemon's own would.
-                let next = std::time::SystemTime::now() + crate::deliver::backoff(1);
-                if let Err(e) = spool.defer(&id, next, &format!("sendmail: {why}")) {
+                // counts this attempt; it stays due at once, so the daemon, which sees the
+                // mark within a second, tries it again then, not after a backoff.
+                let now = std::time::SystemTime::now();
+                if let Err(e) = spool.defer(&id, now, &format!("sendmail: {why}")) {
                     log::debug!("{id}: cannot record the attempt: {e}");
                 }
             }
