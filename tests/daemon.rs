@@ -475,6 +475,61 @@ fn after_a_clock_step_back_new_mail_queues_behind_the_waiting() {
     );
 }
 
+/// Mail the daemon accepted but has not delivered yet (its delivery pass is held off here
+/// by the runner lock, as by a slow bridge) is not overtaken by a later `sendmail`, which
+/// would otherwise reach the bridge directly: it queues behind, and the chat gets them in
+/// the order they were accepted.
+#[test]
+fn sendmail_does_not_overtake_mail_the_daemon_accepted() {
+    let (bridge, d) = setup("order-across", "");
+    d.wait_log("ready", SOON);
+    let spool = smtp_bridge::spool::Spool::new(d.dir().join("spool"));
+    let mut lock = None;
+    assert!(
+        common::wait_until(SOON, || {
+            lock = spool.lock_runner(false).ok().flatten();
+            lock.is_some()
+        }),
+        "the start-up pass never let go of the runner lock"
+    );
+    let mut c = d.greeted();
+    for n in 1..=3 {
+        queued(&c.message(simple(&format!("smtp {n}"), "x")));
+    }
+    let out = std::process::Command::new(common::sendmail_bin())
+        .args(["--config", d.config.to_str().unwrap(), "-i", "root"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"Subject: sendmail after them\n\nx\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(bridge.requests(), 0, "sendmail went to the bridge first");
+    drop(lock);
+    let got = bridge.wait_for(4, SOON);
+    let order: Vec<&str> = got
+        .iter()
+        .map(|r| {
+            ["smtp 1", "smtp 2", "smtp 3", "sendmail after them"]
+                .into_iter()
+                .find(|s| r.reply.contains(s))
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec!["smtp 1", "smtp 2", "smtp 3", "sendmail after them"]
+    );
+}
+
 #[test]
 fn bridge_down_500_messages_over_20_connections_all_arrive_in_order() {
     let (bridge, mut d) = setup("down500", "");

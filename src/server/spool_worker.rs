@@ -756,6 +756,13 @@ fn finish(
         match synced {
             Ok(()) => {
                 stats.commits.fetch_add(renamed as u64, Ordering::Relaxed);
+                // Mail now waits in queue/, before any client hears 250: a `sendmail` run
+                // from here on queues behind it instead of reaching the bridge first. (One
+                // lstat while the marker is there; the delivery thread clears it once the
+                // queue is empty.)
+                if let Err(e) = spool.set_backlog(true) {
+                    log::warn!("cannot mark the backlog: {e}");
+                }
             }
             Err(e) => {
                 // The files are in queue/ and will probably be delivered, but we cannot say
