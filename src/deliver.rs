@@ -232,6 +232,8 @@ fn run_pass(
         // What is already queued can still go out; the maildrop is tried again next pass.
         Err(e) => log::error!("cannot ingest the maildrop: {e}"),
     }
+    // Read before the listing: more than this at the end means mail came in after it.
+    let queued_before = spool.queued_by_this_process();
     // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
     // the whole queue, however long the bridge has been down.
     let ids = spool.ids()?;
@@ -352,7 +354,10 @@ fn run_pass(
     }
     removals.sync()?;
     let left = pass.report.deferred + pass.report.waiting;
-    if let Err(e) = spool.settle_backlog(left > 0) {
+    // Mail the daemon accepted during the pass waits too: no need to list queue/ again to
+    // know that (under load, nearly every pass).
+    let newer = spool.queued_by_this_process() != queued_before;
+    if let Err(e) = spool.settle_backlog(left > 0 || newer) {
         log::warn!("cannot update the backlog marker: {e}");
     }
     Ok(pass)

@@ -308,6 +308,20 @@ impl QueueId {
     }
 }
 
+/// How many messages this process has put into each `queue/` directory (one, in the
+/// daemon; tests hold several spools in one process).
+static QUEUED: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+
+fn count_queued(dir: &Path) {
+    let mut counts = QUEUED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match counts.iter_mut().find(|(d, _)| d == dir) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((dir.to_path_buf(), 1)),
+    }
+}
+
 /// The last queue ID this process generated: (microsecond, sequence within it).
 static LAST_ID: Mutex<(u64, u32)> = Mutex::new((0, 0));
 
@@ -614,6 +628,9 @@ impl SpoolWriter {
             match rename_noreplace(&self.temp, &target) {
                 Ok(()) => {
                     self.done = true;
+                    if self.area == Area::Queue {
+                        count_queued(&self.dir);
+                    }
                     if sync_dir {
                         if let Err(e) = fsync_dir_or_fs(&self.dir, &file) {
                             // Not durable, and the caller will say so: take the message back
@@ -1478,6 +1495,20 @@ impl Spool {
         remove_if_exists(&self.retry_path(id))?;
         fsync_dir(&failed)?;
         fsync_dir(&self.queue_dir())
+    }
+
+    /// How many messages this process has put into this spool's `queue/` so far: a delivery
+    /// pass that sees the number change after it listed the queue knows, without listing it
+    /// again, that mail is still waiting.
+    pub fn queued_by_this_process(&self) -> u64 {
+        let dir = self.queue_dir();
+        let counts = QUEUED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts
+            .iter()
+            .find(|(d, _)| *d == dir)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// The messages kept in `failed/` (names without their `.reason`).
