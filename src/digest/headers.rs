@@ -154,6 +154,10 @@ fn decode_words(raw: &[u8]) -> String {
     out
 }
 
+/// The longest encoded text of one RFC 2047 word we look for (the RFC's limit for the whole
+/// word is 75 bytes; real mailers write longer ones).
+const MAX_WORD_TEXT: usize = 1000;
+
 /// One encoded word `=?charset[*lang]?B|Q?text?=` at the start of `word`: its text and its
 /// length in bytes, or `None` when it is not one.
 fn encoded_word(word: &[u8]) -> Option<(String, usize)> {
@@ -166,7 +170,12 @@ fn encoded_word(word: &[u8]) -> Option<(String, usize)> {
         return None;
     }
     let text_start = q1 + 3;
-    let text_len = body[text_start..].windows(2).position(|w| w == b"?=")?;
+    // Bounded: RFC 2047 allows 75 bytes a word (mailers exceed it, so more is taken), and an
+    // unbounded search from every `=?` of a hostile header would be quadratic.
+    let text_len = body[text_start..]
+        .windows(2)
+        .take(MAX_WORD_TEXT)
+        .position(|w| w == b"?=")?;
     let text = &body[text_start..text_start + text_len];
     if text.iter().any(|b| b.is_ascii_whitespace()) {
         return None;

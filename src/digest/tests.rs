@@ -122,6 +122,22 @@ Body.\n";
     assert_eq!(digest(raw).subject, "=?x-unknown?Q?caf=E9 =?broken");
     let raw = b"From: a@example.org\nSubject: =?utf-8?q?caf=E9?= =?broken?q?x\n\nx\n";
     assert_eq!(digest(raw).subject, "café =?broken?q?x");
+    // A hostile header of 100,000 unterminated words after a stray byte (which sends it
+    // down this path) is read in linear time: about a second here in a debug build, where
+    // the unbounded search took minutes. The bound only tells a hang from a slow machine.
+    let mut raw = b"From: a@example.org\nSubject: \xff".to_vec();
+    for _ in 0..100_000 {
+        raw.extend_from_slice(b"=?a?Q?x");
+    }
+    raw.extend_from_slice(b"\n\nx\n");
+    let started = std::time::Instant::now();
+    let d = digest(&raw);
+    assert!(d.subject.starts_with("ÿ=?a?Q?x"), "{}", &d.subject[..20]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
