@@ -301,6 +301,8 @@ own() { # MODE PATH
 }
 
 install_spool() {
+	# Whose the queue was, before it is given to the configured user.
+	previous=$(stat -c %u "$DESTDIR$SPOOL/queue" 2>/dev/null || true)
 	if [ ! -d "$DESTDIR$SPOOL" ]; then
 		make_dir "$(dirname "$SPOOL")" 0755
 		mkdir -m 0755 "$DESTDIR$SPOOL"
@@ -313,14 +315,19 @@ install_spool() {
 		[ -d "$DESTDIR$d" ] || mkdir "$DESTDIR$d"
 		own "${sub#*:}" "$d"
 	done
-	# A reinstall with another username/group: the queued mail, the locks and markers go to
-	# the new owner too (maildrop/ files keep theirs: they are the users' who left them), as
-	# the daemon does when it starts as root.
-	if ! staged; then
-		find "$SPOOL" "$SPOOL/queue" "$SPOOL/failed" -mindepth 1 -maxdepth 1 \
-			\( -type f -o -type s \) -links 1 \
-			! \( -user "$USER_NAME" -group "$GROUP_NAME" \) \
-			-exec chown -h "$USER_NAME:$GROUP_NAME" {} +
+	# A reinstall with another username/group: the previous owner's queued mail, locks and
+	# marker go to the new one too, as the daemon does when it starts as root (files local
+	# users left, in maildrop/ or set aside into failed/, keep theirs: they say who sent them).
+	if ! staged && [ -n "$previous" ]; then
+		{
+			find "$SPOOL/queue" "$SPOOL/failed" -mindepth 1 -maxdepth 1 -type f
+			for name in queue.lock maildrop.lock spares.lock backlog; do
+				[ -f "$SPOOL/$name" ] && printf '%s\n' "$SPOOL/$name"
+			done
+		} | while read -r file; do
+			[ "$(stat -c '%u %h' "$file")" = "$previous 1" ] || continue
+			[ -L "$file" ] || chown "$USER_NAME:$GROUP_NAME" "$file"
+		done
 	fi
 }
 

@@ -41,7 +41,8 @@ The daemon never forks: run it under systemd or another supervisor.
 Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration.
 Exit status: 0 ok, 64 usage, 70 internal error, 71 cannot listen or start a thread,
 66 no such message in failed/ (--requeue), 73 cannot prepare the spool or requeue,
-77 cannot drop privileges, 78 configuration error.
+77 cannot drop privileges (or --requeue of a maildrop file set aside), 78 configuration
+error.
 ";
 
 /// Set once logging copies lines to stderr, so a fatal error is not printed twice.
@@ -90,6 +91,9 @@ impl Failure {
             // The spool directories could not be created or given to the daemon's user.
             Failure::Spool(_) => sysexits::EX_CANTCREAT,
             Failure::Requeue(e) if e.kind() == std::io::ErrorKind::NotFound => sysexits::EX_NOINPUT,
+            Failure::Requeue(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                sysexits::EX_NOPERM
+            }
             Failure::Requeue(_) => sysexits::EX_CANTCREAT,
             Failure::Privileges(_) => sysexits::EX_NOPERM,
             Failure::Server(_) => sysexits::EX_SOFTWARE,
@@ -283,15 +287,25 @@ fn open_listeners(config: &Config) -> Result<Vec<TcpListener>, Failure> {
 /// within a second.
 fn requeue(config: &Config, which: &str) -> Result<(), Failure> {
     let spool = Spool::new(config.spool_dir.clone());
-    let which = (which != "all").then_some(which);
-    let ids = spool.requeue_failed(which).map_err(Failure::Requeue)?;
-    if ids.is_empty() {
+    let named = (which != "all").then_some(which);
+    let report = spool.requeue_failed(named).map_err(Failure::Requeue)?;
+    if report.requeued.is_empty() && report.skipped.is_empty() {
         println!("nothing in {}/failed", config.spool_dir.display());
     }
-    for id in ids {
+    for id in &report.requeued {
         println!("{id}: requeued");
     }
-    Ok(())
+    for (name, why) in &report.skipped {
+        eprintln!("smtp_bridge: failed/{name}: not requeued: {why}");
+    }
+    match (named, report.skipped.is_empty()) {
+        // The one message asked for was not requeued: say so by the exit status too.
+        (Some(_), false) => Err(Failure::Requeue(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it is not a queue file of the spool's owner",
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Whom to become: `None` when not started as root (nothing to drop).

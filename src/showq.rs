@@ -287,7 +287,7 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
     if failed > 0 {
         let _ = writeln!(
             text,
-            "-- {failed} message(s) kept in failed/ after their lifetime; smtp_bridge --requeue all sends them again"
+            "-- {failed} message(s) kept in failed/ with the reason (smtp_bridge --requeue all sends again those that ran out of lifetime)"
         );
     }
     if entries.is_empty() {

@@ -744,6 +744,15 @@ pub struct RunnerLock {
     _file: Flock<File>,
 }
 
+/// What [`Spool::requeue_failed`] did.
+#[derive(Debug, Default)]
+pub struct Requeued {
+    /// The new queue IDs, in order.
+    pub requeued: Vec<QueueId>,
+    /// What was left in `failed/`, and why (names escaped for a terminal).
+    pub skipped: Vec<(String, String)>,
+}
+
 /// What [`Spool::ingest_maildrop`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IngestReport {
@@ -858,13 +867,15 @@ impl Spool {
                 ),
             ));
         }
+        // Whose the queue was, before it is given to `owner`.
+        let previous = fs::symlink_metadata(self.queue_dir()).ok().map(|m| m.uid());
         ensure_dir(&self.root, 0o755, owner)?;
         ensure_dir(&self.maildrop_dir(), 0o1733, owner)?;
         ensure_dir(&self.queue_dir(), 0o700, owner)?;
         ensure_dir(&self.failed_dir(), 0o700, owner)?;
         ensure_dir(&self.root.join("public"), 0o755, owner)?;
-        if let Some(owner) = owner {
-            self.give_contents_to(owner)?;
+        if let (Some(owner), Some(previous)) = (owner, previous) {
+            self.give_contents_to(owner, previous)?;
         }
         for dir in [self.queue_dir(), self.failed_dir(), self.maildrop_dir()] {
             remove_stale_temps(&dir)?;
@@ -882,47 +893,45 @@ impl Spool {
         Ok(())
     }
 
-    /// Gives the daemon's files to `owner` (as root, before the drop): everything in `queue/`,
-    /// `failed/` and `public/`, and the locks and markers beside them, so that a spool whose
-    /// user was changed in the configuration is still the daemon's to deliver (Postfix's
-    /// `postfix set-permissions`). `maildrop/` is left alone: its files belong to the users
-    /// who left them, and their owner is part of what the daemon checks. Links are not
-    /// followed, and files with more than one link are left alone.
-    fn give_contents_to(&self, (uid, gid): (u32, u32)) -> io::Result<()> {
+    /// Gives the daemon's files to `owner` (as root, before the drop) when the configured
+    /// user changed: those of the previous owner (`previous`, whose `queue/` it was) in
+    /// `queue/`, `failed/` and `public/`, and its locks and marker beside them, so that the
+    /// mail already queued is still the daemon's to deliver (Postfix's `postfix
+    /// set-permissions`). Nothing else: files that local users left (in `maildrop/`, or set
+    /// aside from it into `failed/`) keep their owner, which says who sent them; unknown
+    /// names at the top are never touched. Each file is opened without following links or
+    /// blocking and changed through that descriptor, and one with a second link is left.
+    fn give_contents_to(&self, (uid, gid): (u32, u32), previous: u32) -> io::Result<()> {
         let mut given = 0usize;
-        let mut give = |dir: &Path, name: &OsStr| -> io::Result<()> {
-            let path = dir.join(name);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e),
+        let mut give = |path: &Path| -> io::Result<()> {
+            let file = match OpenOptions::new()
+                .read(true)
+                .custom_flags(
+                    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                        .bits(),
+                )
+                .open(path)
+            {
+                Ok(file) => file,
+                // Gone, a link, a socket (it cannot be opened: the daemon binds it anew).
+                Err(_) => return Ok(()),
             };
-            if meta.is_dir() || (meta.uid() == uid && meta.gid() == gid) {
+            let meta = file.metadata()?;
+            if !meta.is_file() || meta.uid() != previous || (meta.uid(), meta.gid()) == (uid, gid) {
                 return Ok(());
             }
-            // Only our own kinds of file, and never one with a second name elsewhere: a hard
-            // link planted by whoever held the spool before must not make root give away a
-            // file outside it.
-            let ours = meta.is_file() || meta.file_type().is_socket();
-            if !ours || meta.nlink() != 1 {
-                log::warn!(
-                    "left {} to uid {}: not a spool file of ours",
-                    path.display(),
-                    meta.uid()
-                );
+            if meta.nlink() != 1 {
+                log::warn!("left {}: it has another link", path.display());
                 return Ok(());
             }
-            match std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
-                Ok(()) => {
-                    given += 1;
-                    Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io::Error::new(
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| {
+                io::Error::new(
                     e.kind(),
                     format!("cannot give {} to uid {uid}: {e}", path.display()),
-                )),
-            }
+                )
+            })?;
+            given += 1;
+            Ok(())
         };
         for dir in [
             self.queue_dir(),
@@ -930,15 +939,15 @@ impl Spool {
             self.root.join("public"),
         ] {
             for name in read_names(&dir)? {
-                give(&dir, &name)?;
+                give(&dir.join(name))?;
             }
         }
-        for name in read_names(&self.root)? {
-            give(&self.root, &name)?;
+        for name in ["queue.lock", "maildrop.lock", SPARES_LOCK, "backlog"] {
+            give(&self.root.join(name))?;
         }
         if given > 0 {
             log::warn!(
-                "gave {given} spool file(s) in {} to uid {uid} gid {gid}, the configured user",
+                "gave {given} spool file(s) in {} of uid {previous} to uid {uid} gid {gid}, the configured user",
                 self.root.display()
             );
         }
@@ -1529,9 +1538,13 @@ impl Spool {
     /// Moves messages kept in `failed/` back into the queue (`smtp_bridge --requeue`): the
     /// one called `which`, or all. Each keeps its queue ID (a fresh one when that is taken
     /// again), so it goes out in its place among the waiting mail, with a fresh retry state;
-    /// its reason file goes. Returns the new queue IDs, in order.
-    pub fn requeue_failed(&self, which: Option<&str>) -> io::Result<Vec<QueueId>> {
+    /// its reason file goes. Only the spool owner's own queue files qualify: a maildrop file
+    /// a local user left, set aside (too big, leased, sparse, a damaged envelope), carries
+    /// that user's word for its origin and arrival and is never trusted into the queue;
+    /// those are reported as skipped, with why.
+    pub fn requeue_failed(&self, which: Option<&str>) -> io::Result<Requeued> {
         let failed = self.failed_dir();
+        let owner = fs::metadata(self.queue_dir())?.uid();
         let names = self.failed_names()?;
         let names: Vec<String> = match which {
             None => names,
@@ -1543,17 +1556,49 @@ impl Spool {
                 format!("no message {name} in {}", failed.display()),
             ));
         }
-        let mut requeued = Vec::new();
+        let mut report = Requeued::default();
         for name in names {
             let path = failed.join(&name);
-            let meta = fs::symlink_metadata(&path)?;
+            let shown = escape(name.as_bytes());
+            let file = match OpenOptions::new()
+                .read(true)
+                .custom_flags(
+                    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                        .bits(),
+                )
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(e) => {
+                    report.skipped.push((shown, format!("cannot open: {e}")));
+                    continue;
+                }
+            };
+            let meta = file.metadata()?;
             if !meta.is_file() || meta.nlink() != 1 {
-                log::warn!(
-                    "failed/{}: not a message file; left",
-                    escape(name.as_bytes())
-                );
+                report.skipped.push((
+                    shown,
+                    "not a queue file (a link or not a regular file)".into(),
+                ));
                 continue;
             }
+            if meta.uid() != owner {
+                report.skipped.push((
+                    shown,
+                    format!(
+                        "a maildrop file of uid {} that was set aside; see its .reason",
+                        meta.uid()
+                    ),
+                ));
+                continue;
+            }
+            if let Err(e) = parse_header(&mut BufReader::new(&file)) {
+                report
+                    .skipped
+                    .push((shown, format!("damaged envelope: {e}")));
+                continue;
+            }
+            drop(file);
             // `ID` or `ID-N` (a second failure under the same ID).
             let base = name.get(..ID_LEN).filter(|b| is_id(b.as_bytes()));
             let mut id = base.map_or_else(QueueId::generate, |b| QueueId(b.to_owned()));
@@ -1568,17 +1613,16 @@ impl Spool {
                 }
             }
             remove_if_exists(&failed.join(format!("{name}{REASON_SUFFIX}")))?;
-            log::info!("{id}: requeued from failed/{}", escape(name.as_bytes()));
-            requeued.push(id);
+            report.requeued.push(id);
         }
-        if !requeued.is_empty() {
+        if !report.requeued.is_empty() {
             fsync_dir(&self.queue_dir())?;
             fsync_dir(&failed)?;
             // The daemon looks for the mark every second.
             self.mark_maildrop()?;
         }
-        requeued.sort();
-        Ok(requeued)
+        report.requeued.sort();
+        Ok(report)
     }
 
     /// Takes the queue-runner lock; `None` when another process holds it and `wait` is false.

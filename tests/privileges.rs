@@ -303,9 +303,19 @@ fn a_changed_user_takes_over_the_queued_mail() {
             .any(|f| f.parent() == Some(&spool.join("queue"))),
         "nothing queued: {files:?}"
     );
-    for f in &files {
+    for f in files.iter().chain(&[
+        spool.clone(),
+        spool.join("queue"),
+        spool.join("failed"),
+        spool.join("maildrop"),
+    ]) {
         std::os::unix::fs::lchown(f, Some(old_uid), Some(old_gid)).unwrap();
     }
+    // A local user's maildrop file set aside into failed/ keeps its owner: it says who
+    // sent it.
+    let theirs = spool.join("failed").join("from-a-user");
+    std::fs::write(&theirs, "set aside").unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(4343), Some(4343)).unwrap();
     // A file with a second name outside the spool is never given away.
     let outside = d.dir().join("outside");
     std::fs::write(&outside, "not the spool's").unwrap();
@@ -322,7 +332,8 @@ fn a_changed_user_takes_over_the_queued_mail() {
         assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", f.display());
     }
     assert_eq!(std::fs::metadata(&outside).unwrap().uid(), old_uid);
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 4343);
     let log = d2.log_text();
     assert!(log.contains("spool file(s)"), "{log}");
-    assert!(log.contains("not a spool file of ours"), "{log}");
+    assert!(log.contains("it has another link"), "{log}");
 }

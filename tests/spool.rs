@@ -677,7 +677,7 @@ fn failed_messages_are_requeued_in_their_place() {
     fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
     let (listing, _) = smtp_bridge::showq::queue_listing(&spool, 1 << 20).unwrap();
     assert!(
-        listing.contains("-- 1 message(s) kept in failed/")
+        listing.contains("-- 1 message(s) kept in failed/ with the reason")
             && listing.ends_with("-- 1 Kbytes in 1 Request.\n"),
         "{listing}"
     );
@@ -707,6 +707,34 @@ fn failed_messages_are_requeued_in_their_place() {
         String::from_utf8_lossy(&again.stdout).trim(),
         format!("nothing in {}/failed", spool.root().display())
     );
+    // A maildrop file a local user left, set aside, is never trusted into the queue: its
+    // envelope is that user's word (as root, where such a file can be made here).
+    if nix::unistd::geteuid().is_root() {
+        let theirs = spool
+            .root()
+            .join("failed")
+            .join("0661AAAAAAAAAA000000000001");
+        fs::write(
+            &theirs,
+            format!(
+                "{}\narrival 1000000000.000000\norigin local 0 root\nsender root\nrcpt r@x\n\nSubject: forged\n\nx\n",
+                smtp_bridge::spool::MAGIC
+            ),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4242), Some(4242)).unwrap();
+        let out = requeue("all");
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not requeued: a maildrop file of uid 4242"),
+            "{err}"
+        );
+        let out = requeue("0661AAAAAAAAAA000000000001");
+        assert_eq!(out.status.code(), Some(77), "{out:?}");
+        assert!(theirs.exists());
+        assert_eq!(spool.list().unwrap().len(), 2);
+    }
 }
 
 #[test]
