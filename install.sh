@@ -465,9 +465,17 @@ check_ports() {
 	EFFECTIVE=$("$BIN_SRC/smtp_bridge" --check-config --config "$conf" 2>/dev/null) || return 0
 	ports=$(setting_line listen | grep -o ':[0-9]*"' | tr -d ':"' | sort -u)
 	for port in $ports; do
-		holders=$(ss -Hltnp "sport = :$port" 2>/dev/null |
-			sed -n 's/.*users:((\("[^"]*"\),pid=\([0-9]*\).*/\1 (pid \2)/p' |
-			grep -v '^"smtp_bridge"' | sort -u | tr '\n' ' ')
+		# Every holder ("name",pid=N), less our daemon, and systemd (pid 1) holding our own
+		# socket unit (the service stopped, the socket still listening: an upgrade).
+		ours_in_systemd=
+		if command -v systemctl >/dev/null 2>&1 &&
+			systemctl is-active --quiet smtp_bridge.socket 2>/dev/null; then
+			ours_in_systemd=1
+		fi
+		holders=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o '"[^"]*",pid=[0-9]*' |
+			grep -v '^"smtp_bridge",' |
+			{ if [ -n "$ours_in_systemd" ]; then grep -v '^"systemd",pid=1$'; else cat; fi; } |
+			sed 's/,pid=\(.*\)/ (pid \1)/' | sort -u | tr '\n' ' ')
 		[ -z "$holders" ] && continue
 		die "port $port is in use by ${holders% }: stop and remove the MTA that holds it first
   (apt-get remove exim4-daemon-light, or postfix; systemctl disable --now SERVICE),

@@ -506,15 +506,21 @@ impl DeliveryThread {
             thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
+                    let current = std::sync::Mutex::new(config);
                     let shared = Shared {
                         nudged: &nudged,
                         stop: &stop,
                         passes: &passes,
                         spares: &spares,
                         max_message_size: &limit,
+                        current: &current,
                     };
                     supervise(&stop, RESTART_AFTER_PANIC, || {
-                        run_thread(config.clone(), poll, &inbox, &shared)
+                        let config = current
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .clone();
+                        run_thread(config, poll, &inbox, &shared)
                     });
                     let _ = done.send(());
                 })?
@@ -629,6 +635,8 @@ struct Shared<'a> {
     passes: &'a AtomicU64,
     spares: &'a Spares,
     max_message_size: &'a AtomicU64,
+    /// The configuration of the last reload, for a thread started over after a panic.
+    current: &'a std::sync::Mutex<Config>,
 }
 
 /// How long the delivery thread rests after a panic before it starts over.
@@ -671,6 +679,7 @@ fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, sha
         passes,
         spares,
         max_message_size,
+        current,
     } = *shared;
     if let Err(e) = lower_own_priority(DELIVERY_NICENESS) {
         // A seccomp filter without setpriority (see the shipped unit), say.
@@ -731,6 +740,9 @@ fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, sha
                 Command::Flush => flushed = true,
                 Command::Reload(new) => {
                     config = *new;
+                    *current
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.clone();
                     max_message_size.store(config.max_message_size, Ordering::Relaxed);
                     reloaded = true;
                     log::info!("delivery: configuration reloaded");

@@ -1747,8 +1747,17 @@ impl Spool {
             return Ok(());
         }
         let _ingesting = self.lock_file("maildrop.lock", true)?;
+        // Removed first, then the queue listed: a message committed before the listing is
+        // seen by it, and one committed after finds the marker gone and sets it itself
+        // (the spool worker does, before its 250). Listing first would let a commit slip
+        // in between, find the marker still there, and be left without one.
+        self.set_backlog(false)?;
         let idle = self.ids()?.is_empty() && !self.maildrop_marked();
-        self.set_backlog(!idle)
+        if idle {
+            Ok(())
+        } else {
+            self.set_backlog(true)
+        }
     }
 
     /// Whether this process owns the spool, so that its messages go into `queue/` rather than
@@ -1786,10 +1795,11 @@ enum Ingested {
     Gone,
 }
 
-/// Why a maildrop entry is not a message at all (and may be removed), judged from its
-/// (l)stat: anything but a regular file with exactly one link.
 /// Whether the file has a hole before its end (`lseek(SEEK_HOLE)`; file systems that do
-/// not track holes report none, and compression is not a hole). The offset is put back.
+/// not track holes report none). `sendmail` writes every byte, so only a file made sparse
+/// on purpose has one; the exception is ZFS with compression, which stores a whole record
+/// of zero bytes (128 KiB) as a hole, something no text or MIME message holds. The offset
+/// is put back.
 fn has_holes(file: &File, len: u64) -> bool {
     use nix::unistd::{lseek, Whence};
     let hole = lseek(file, 0, Whence::SeekHole);
@@ -1797,6 +1807,8 @@ fn has_holes(file: &File, len: u64) -> bool {
     matches!(hole, Ok(at) if u64::try_from(at).is_ok_and(|at| at < len))
 }
 
+/// Why a maildrop entry is not a message at all (and may be removed), judged from its
+/// (l)stat: anything but a regular file with exactly one link.
 fn refusal(meta: &fs::Metadata) -> Option<String> {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {

@@ -248,12 +248,6 @@ fn finish(
                 None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
             };
             log_submission(&id, envelope, size, &status);
-            // Whoever submits next must not overtake it (left in maildrop/), and the daemon,
-            // which looks for the mark every second, takes it up now (in queue/ too, where
-            // it would otherwise wait for the daemon's next look at an idle spool).
-            if let Err(e) = spool.mark_maildrop() {
-                log::warn!("{id}: cannot mark the maildrop: {e}");
-            }
             if let (Some(why), true) = (&why, spool.is_owned_by_us()) {
                 // In queue/ (root): its retry state says what the bridge said, for mailq, and
                 // counts this attempt; it stays due at once, so the daemon, which sees the
@@ -262,6 +256,14 @@ fn finish(
                 if let Err(e) = spool.defer(&id, now, &format!("sendmail: {why}")) {
                     log::debug!("{id}: cannot record the attempt: {e}");
                 }
+            }
+            // Whoever submits next must not overtake it (left in maildrop/), and the daemon,
+            // which looks for the mark every second, takes it up now (in queue/ too, where
+            // it would otherwise wait for the daemon's next look at an idle spool). After
+            // the retry state, so that the daemon does not deliver it before that is
+            // written, which would leave the state behind.
+            if let Err(e) = spool.mark_maildrop() {
+                log::warn!("{id}: cannot mark the maildrop: {e}");
             }
             if why.is_some() {
                 // Until the queue drains, later mail must queue behind this one instead of

@@ -118,6 +118,8 @@ struct Pending {
     sender: String,
     recipients: Vec<String>,
     body: Body,
+    /// Whether a recipient over `max_recipients` was refused (and logged, once).
+    over_limit: bool,
 }
 
 /// How much of the current message has been handed out, and whether it was given up.
@@ -690,6 +692,7 @@ impl Session {
             sender,
             recipients: Vec::new(),
             body: params.body,
+            over_limit: false,
         };
         self.enter(State::Mail(pending), "MAIL");
         answer(out, reply::SENDER_OK)
@@ -703,11 +706,15 @@ impl Session {
             _ => return answer(out, reply::NEED_MAIL),
         };
         if pending.recipients.len() >= self.config.max_recipients {
-            log::info!(
-                "{}: reject: RCPT: {}",
-                self.log_id,
-                reply::TOO_MANY_RECIPIENTS.trim_end()
-            );
+            // Once a transaction (a 4xx does not count toward the error limit).
+            if !pending.over_limit {
+                pending.over_limit = true;
+                log::info!(
+                    "{}: reject: RCPT: {}",
+                    self.log_id,
+                    reply::TOO_MANY_RECIPIENTS.trim_end()
+                );
+            }
             return answer(out, reply::TOO_MANY_RECIPIENTS);
         }
         pending.recipients.push(recipient);
