@@ -904,14 +904,7 @@ impl Spool {
     fn give_contents_to(&self, (uid, gid): (u32, u32), previous: u32) -> io::Result<()> {
         let mut given = 0usize;
         let mut give = |path: &Path| -> io::Result<()> {
-            let file = match OpenOptions::new()
-                .read(true)
-                .custom_flags(
-                    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-                        .bits(),
-                )
-                .open(path)
-            {
+            let file = match open_untrusted(path) {
                 Ok(file) => file,
                 // Gone, a link, a socket (it cannot be opened: the daemon binds it anew).
                 Err(_) => return Ok(()),
@@ -1113,13 +1106,7 @@ impl Spool {
             // lowered size limit must not delete it.
             return self.set_aside(&path, &shown, &too_big(meta.len(), limit));
         }
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(
-                (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits(),
-            )
-            .open(&path)
-        {
+        let file = match open_untrusted(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ingested::Gone),
             // Something about this entry itself (a link swapped in after the lstat, a mode
@@ -1560,14 +1547,7 @@ impl Spool {
         for name in names {
             let path = failed.join(&name);
             let shown = escape(name.as_bytes());
-            let file = match OpenOptions::new()
-                .read(true)
-                .custom_flags(
-                    (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-                        .bits(),
-                )
-                .open(&path)
-            {
+            let file = match open_untrusted(&path) {
                 Ok(file) => file,
                 Err(e) => {
                     report.skipped.push((shown, format!("cannot open: {e}")));
@@ -1793,6 +1773,17 @@ enum Ingested {
     /// Vanished before we got to it, or was replaced between `lstat` and `open` (looked at
     /// again in the next pass).
     Gone,
+}
+
+/// Opens a file someone else may have put there, for reading: never through a link, never
+/// waiting (a FIFO, a lease), never as a controlling terminal. The caller checks what it got.
+fn open_untrusted(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits(),
+        )
+        .open(path)
 }
 
 /// Whether the file has a hole before its end (`lseek(SEEK_HOLE)`; file systems that do
