@@ -344,6 +344,8 @@ mod tests {
             text.contains("the maildrop could not be taken in"),
             "{text}"
         );
+        // The note comes before the closing line, which monitoring reads.
+        assert!(text.ends_with("\n-- 1 Kbytes in 1 Request.\n"), "{text}");
     }
 
     #[test]

@@ -895,7 +895,7 @@ impl Spool {
 
     /// Gives the daemon's files to `owner` (as root, before the drop) when the configured
     /// user changed: those of the previous owner (`previous`, whose `queue/` it was) in
-    /// `queue/`, `failed/` and `public/`, and its locks and marker beside them, so that the
+    /// `queue/` and `failed/`, and its locks and marker beside them, so that the
     /// mail already queued is still the daemon's to deliver (Postfix's `postfix
     /// set-permissions`). Nothing else: files that local users left (in `maildrop/`, or set
     /// aside from it into `failed/`) keep their owner, which says who sent them; unknown
@@ -906,7 +906,7 @@ impl Spool {
         let mut give = |path: &Path| -> io::Result<()> {
             let file = match open_untrusted(path) {
                 Ok(file) => file,
-                // Gone, a link, a socket (it cannot be opened: the daemon binds it anew).
+                // Gone, or a link: not ours to give.
                 Err(_) => return Ok(()),
             };
             let meta = file.metadata()?;
@@ -926,11 +926,8 @@ impl Spool {
             given += 1;
             Ok(())
         };
-        for dir in [
-            self.queue_dir(),
-            self.failed_dir(),
-            self.root.join("public"),
-        ] {
+        // (public/ holds only the showq socket, which the daemon binds anew as its user.)
+        for dir in [self.queue_dir(), self.failed_dir()] {
             for name in read_names(&dir)? {
                 give(&dir.join(name))?;
             }
@@ -1582,16 +1579,15 @@ impl Spool {
             // `ID` or `ID-N` (a second failure under the same ID).
             let base = name.get(..ID_LEN).filter(|b| is_id(b.as_bytes()));
             let mut id = base.map_or_else(QueueId::generate, |b| QueueId(b.to_owned()));
-            loop {
-                remove_if_exists(&self.retry_path(&id))?;
-                match rename_noreplace(&path, &self.queue_dir().join(&id.0)) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        id = QueueId::generate();
-                    }
-                    Err(e) => return Err(e),
+            while let Err(e) = rename_noreplace(&path, &self.queue_dir().join(&id.0)) {
+                if e.kind() != io::ErrorKind::AlreadyExists {
+                    return Err(e);
                 }
+                // Taken by a message waiting now: its retry state is its own.
+                id = QueueId::generate();
             }
+            // A fresh retry state: none left over under this name.
+            remove_if_exists(&self.retry_path(&id))?;
             remove_if_exists(&failed.join(format!("{name}{REASON_SUFFIX}")))?;
             report.requeued.push(id);
         }

@@ -737,6 +737,29 @@ fn failed_messages_are_requeued_in_their_place() {
     }
 }
 
+/// A failed message whose queue ID is taken by one waiting now goes back under a fresh ID,
+/// and the waiting one keeps its retry state.
+#[test]
+fn a_requeue_under_a_taken_id_leaves_the_waiting_message_alone() {
+    let dir = TestDir::new("spool-requeue-taken");
+    let spool = prepared(&dir);
+    let waiting = queue_message(&spool, &envelope("a@x", &["r@x"]), b"waiting");
+    spool
+        .defer(&waiting, SystemTime::now(), "HTTP 503")
+        .unwrap();
+    let queue = spool.root().join("queue");
+    fs::copy(
+        queue.join(&waiting.0),
+        spool.root().join("failed").join(&waiting.0),
+    )
+    .unwrap();
+    let report = spool.requeue_failed(None).unwrap();
+    assert_eq!(report.requeued.len(), 1, "{report:?}");
+    assert_ne!(report.requeued[0], waiting);
+    assert!(queue.join(format!("{waiting}.retry")).is_file());
+    assert_eq!(spool.list().unwrap()[0].attempts, 1);
+}
+
 #[test]
 fn a_full_disk_leaves_no_partial_file_and_keeps_the_maildrop() {
     let dir = TestDir::new("spool-full");

@@ -275,10 +275,6 @@ enum CharsetClass {
 
 fn charset_class(label: Option<&str>) -> CharsetClass {
     const SINGLE_BYTE: &[&str] = &[
-        "us-ascii",
-        "ascii",
-        "ansi_x3.4",
-        "iso646",
         "iso-8859",
         "iso8859",
         "iso_8859",
@@ -292,7 +288,7 @@ fn charset_class(label: Option<&str>) -> CharsetClass {
     };
     let name = label.trim().trim_matches('"').to_ascii_lowercase();
     let name = name.strip_prefix("x-").unwrap_or(&name);
-    if SINGLE_BYTE.iter().any(|p| name.starts_with(p)) {
+    if is_ascii_label(name) || SINGLE_BYTE.iter().any(|p| name.starts_with(p)) {
         CharsetClass::SingleByte
     } else if name == "utf-8" || name == "utf8" || charset_decoder(name.as_bytes()).is_none() {
         CharsetClass::Utf8OrUnknown

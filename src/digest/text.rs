@@ -332,12 +332,10 @@ pub fn decode_legacy(bytes: &[u8]) -> Option<String> {
     if std::str::from_utf8(bytes).is_ok() {
         return None;
     }
-    let lossy = String::from_utf8_lossy(bytes);
-    if lossy.chars().any(|c| !c.is_ascii() && c != '\u{fffd}') {
+    if has_utf8_sequences(bytes) {
         return None;
     }
-    let decode = mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252")?;
-    Some(decode(bytes))
+    Some(windows_1252(bytes))
 }
 
 /// Whether `bytes` hold at least one valid UTF-8 sequence of more than one byte.

@@ -232,21 +232,22 @@ fn finish(
     envelope: &Envelope,
     size: u64,
 ) -> Result<SubmitOutcome, SubmitError> {
-    let unconfigured = matches!(bridge, Some(BridgeMiss::NoConfiguration));
-    let why = match bridge {
-        Some(BridgeMiss::Failed(why)) => Some(why),
-        _ => None,
+    let (why, status) = match bridge {
+        Some(BridgeMiss::Failed(why)) => {
+            let status = format!("deferred (bridge: {why}), spooled for retry");
+            (Some(why), status)
+        }
+        Some(BridgeMiss::NoConfiguration) => (
+            None,
+            "queued (the configuration could not be used; the bridge was not tried)".to_owned(),
+        ),
+        _ => (
+            None,
+            "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
+        ),
     };
     match spooled {
         Ok(id) => {
-            let status = match &why {
-                Some(why) => format!("deferred (bridge: {why}), spooled for retry"),
-                None if unconfigured => {
-                    "queued (the configuration could not be used; the bridge was not tried)"
-                        .to_owned()
-                }
-                None => "queued (delivery is backed up; waiting behind earlier mail)".to_owned(),
-            };
             log_submission(&id, envelope, size, &status);
             if let (Some(why), true) = (&why, spool.is_owned_by_us()) {
                 // In queue/ (root): its retry state says what the bridge said, for mailq, and
