@@ -464,14 +464,15 @@ check_ports() {
 	[ -f "$conf" ] || conf=$SRC_DIR/smtp_bridge.conf.example
 	EFFECTIVE=$("$BIN_SRC/smtp_bridge" --check-config --config "$conf" 2>/dev/null) || return 0
 	ports=$(setting_line listen | grep -o ':[0-9]*"' | tr -d ':"' | sort -u)
+	# systemd (pid 1) holding our own socket unit (the service stopped, the socket still
+	# listening: an upgrade) is no other MTA.
+	ours_in_systemd=
+	if command -v systemctl >/dev/null 2>&1 &&
+		systemctl is-active --quiet smtp_bridge.socket 2>/dev/null; then
+		ours_in_systemd=1
+	fi
 	for port in $ports; do
-		# Every holder ("name",pid=N), less our daemon, and systemd (pid 1) holding our own
-		# socket unit (the service stopped, the socket still listening: an upgrade).
-		ours_in_systemd=
-		if command -v systemctl >/dev/null 2>&1 &&
-			systemctl is-active --quiet smtp_bridge.socket 2>/dev/null; then
-			ours_in_systemd=1
-		fi
+		# Every holder ("name",pid=N), less our daemon (and our socket unit).
 		holders=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o '"[^"]*",pid=[0-9]*' |
 			grep -v '^"smtp_bridge",' |
 			{ if [ -n "$ours_in_systemd" ]; then grep -v '^"systemd",pid=1$'; else cat; fi; } |
