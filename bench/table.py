@@ -228,6 +228,28 @@ def main():
                      "messages are not bounded by the disk's bandwidth).")
         lines.append("")
 
+    # What the end-to-end target leaves in CPU: every process of that row shares NPROC cores.
+    client = med(rows, "daemon", "reuse1k", "client_cpu_ms_per_msg")[0]
+    daemon = med(rows, "daemon", "reuse1k", "server_cpu_ms_per_msg")[0]
+    sink = med(rows, "daemon", "reuse1k", "sink_cpu_ms_per_msg")[0]
+    put_client = med(rows, "sink", "absorb", "client_cpu_ms_per_put")[0]
+    put_sink = med(rows, "sink", "absorb", "sink_cpu_ms_per_put")[0]
+    alone = med(rows, "sink", "absorb", "puts_per_s")[0]
+    cores = float(env.get("NPROC") or 0)
+    if None not in (client, daemon, sink, put_client, put_sink, alone) and cores > 0:
+        total = client + daemon + sink
+        goal = 0.9 * alone
+        budget = cores * 1000.0 / goal
+        lines.append(f"What the end-to-end row costs in CPU (medians, ms per 1 KiB message): the load generator "
+                     f"{client:.3f}, smtp_bridge {daemon:.3f}, the sink {sink:.3f}; {total:.3f} in all, so on "
+                     f"{cores:.0f} cores no arrangement of that work, in order or not, delivers more than "
+                     f"{cores * 1000.0 / total:,.0f} msg/s. 90% of the sink alone is {goal:,.0f} msg/s, a budget of "
+                     f"{budget:.3f} ms per message for all three; after the load generator's and the sink's "
+                     f"share, {budget - client - sink:.3f} ms is left for smtp_bridge to accept, commit, digest "
+                     f"and PUT a message. The sink-alone loop itself, which does nothing but PUT, spends "
+                     f"{put_client:.3f} ms in its client and {put_sink:.3f} ms in the sink per PUT.")
+        lines.append("")
+
     # Sanity: every run must have delivered what it claims.
     problems = []
     for r in rows:

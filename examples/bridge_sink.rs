@@ -10,11 +10,14 @@
 //!
 //! - `serve [--port P]`: listen on 127.0.0.1:P (0: any free port), print `port=N` on stdout,
 //!   serve until killed. `PUT /replies` is the bridge contract; `GET /stats` (not part of the
-//!   real bridge, for the harness) answers `count=N rejected=N first_ns=T last_ns=T` with the
-//!   times of the first and last accepted PUT in nanoseconds since the Unix epoch.
+//!   real bridge, for the harness) answers `count=N rejected=N first_ns=T last_ns=T cpu_ns=C`
+//!   with the times of the first and last accepted PUT in nanoseconds since the Unix epoch and
+//!   the CPU time (user + system) the sink has used so far, so a harness can tell what its
+//!   PUTs cost the sink.
 //! - `put --url http://127.0.0.1:P/replies --count N [--size B]`: a sequential PUT client,
 //!   one connection per request like the daemon's bridge client, that measures how many PUTs
-//!   per second the sink absorbs on its own; prints one `key=value` line.
+//!   per second the sink absorbs on its own, and the CPU each PUT costs the client and the
+//!   sink; prints one `key=value` line.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -75,6 +78,20 @@ fn main() -> ExitCode {
             eprintln!("bridge_sink: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// CPU time (user + system) this process has used so far, all threads, in nanoseconds.
+fn self_cpu_ns() -> u128 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let ns = |t: nix::sys::time::TimeVal| {
+                t.tv_sec() as u128 * 1_000_000_000 + t.tv_usec() as u128 * 1_000
+            };
+            ns(u.user_time()) + ns(u.system_time())
+        }
+        Err(_) => 0,
     }
 }
 
@@ -199,8 +216,12 @@ fn handle(stream: TcpStream, counters: &mut Counters) -> io::Result<()> {
     };
     if head.method == "GET" && head.path == "/stats" {
         let body = format!(
-            "count={} rejected={} first_ns={} last_ns={}\n",
-            counters.count, counters.rejected, counters.first_ns, counters.last_ns
+            "count={} rejected={} first_ns={} last_ns={} cpu_ns={}\n",
+            counters.count,
+            counters.rejected,
+            counters.first_ns,
+            counters.last_ns,
+            self_cpu_ns()
         );
         respond(&mut writer, 200, &body);
         return Ok(());
@@ -314,6 +335,19 @@ fn put_once(addr: SocketAddr, host: &str, body: &str) -> io::Result<u16> {
     Ok(status)
 }
 
+/// The CPU time a sink serving at `addr` has used so far (its `GET /stats`), if it says.
+fn sink_cpu_ns(addr: SocketAddr) -> Option<u128> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    s.write_all(b"GET /stats HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.take(64 * 1024).read_to_string(&mut text).ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    body.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("cpu_ns="))
+        .and_then(|v| v.parse().ok())
+}
+
 fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
     let url: String = args.value_from_str("--url").map_err(usage)?;
     let count: usize = args
@@ -343,6 +377,8 @@ fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
     let body = digest_body(size);
     let mut lat = Vec::with_capacity(count);
     let (mut ok, mut failed) = (0u64, 0u64);
+    let sink_cpu_before = sink_cpu_ns(addr);
+    let cpu_before = self_cpu_ns();
     let start = Instant::now();
     for _ in 0..count {
         let t = Instant::now();
@@ -355,6 +391,18 @@ fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let client_cpu = self_cpu_ns() - cpu_before;
+    // Read after the clock stopped; the one GET /stats it costs is noise against `count` PUTs.
+    let sink_cpu = sink_cpu_before
+        .zip(sink_cpu_ns(addr))
+        .map(|(b, a)| a.saturating_sub(b));
+    let per_put_ms = |ns: u128| {
+        if ok > 0 {
+            format!("{:.4}", ns as f64 / 1e6 / ok as f64)
+        } else {
+            "nan".into()
+        }
+    };
     lat.sort_unstable();
     let pct = |p: f64| {
         if lat.is_empty() {
@@ -366,7 +414,8 @@ fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
     };
     println!(
         "label={label} cmd=put count={count} body_bytes={} ok={ok} errors={failed} \
-         elapsed_s={elapsed:.4} puts_per_s={:.1} p50_ms={:.3} p99_ms={:.3}",
+         elapsed_s={elapsed:.4} puts_per_s={:.1} p50_ms={:.3} p99_ms={:.3} \
+         client_cpu_ms_per_put={} sink_cpu_ms_per_put={}",
         body.len(),
         if elapsed > 0.0 {
             ok as f64 / elapsed
@@ -374,7 +423,9 @@ fn cmd_put(mut args: pico_args::Arguments) -> Result<(), SinkError> {
             0.0
         },
         pct(50.0),
-        pct(99.0)
+        pct(99.0),
+        per_put_ms(client_cpu),
+        sink_cpu.map_or_else(|| "nan".into(), per_put_ms),
     );
     Ok(())
 }

@@ -575,6 +575,8 @@ struct SinkStats {
     count: u64,
     rejected: u64,
     last_ns: u128,
+    /// CPU time the sink has used so far (0 from a sink that does not say).
+    cpu_ns: u128,
 }
 
 fn sink_stats(addr: SocketAddr) -> io::Result<SinkStats> {
@@ -593,6 +595,7 @@ fn sink_stats(addr: SocketAddr) -> io::Result<SinkStats> {
             Some(("count", v)) => st.count = v.parse().unwrap_or(0),
             Some(("rejected", v)) => st.rejected = v.parse().unwrap_or(0),
             Some(("last_ns", v)) => st.last_ns = v.parse().unwrap_or(0),
+            Some(("cpu_ns", v)) => st.cpu_ns = v.parse().unwrap_or(0),
             _ => {}
         }
     }
@@ -663,6 +666,7 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     let threads_before = pid.map(thread_cpu).unwrap_or_default();
     let start_ns = now_ns();
     let start = Instant::now();
+    let cpu_before = self_cpu();
     let mut handles = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         let (shape, counter) = (shape.clone(), counter.clone());
@@ -693,17 +697,21 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
     }
     let elapsed = last_250.duration_since(start).as_secs_f64();
     let proc_after_accept = pid.and_then(proc_sample);
+    // The load generator's own CPU for the SMTP side (not its polling of the sink below).
+    let client_cpu = self_cpu() - cpu_before;
     lat.sort_unstable();
 
     let mut line = format!(
         "label={label} cmd=smtp mode={mode} sessions={sessions} messages={messages} size={size} \
          accepted={accepted} refused={refused} io_errors={io_errors} connections={connections} \
-         elapsed_s={elapsed:.4} accepted_per_s={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} replies={}",
+         elapsed_s={elapsed:.4} accepted_per_s={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} replies={} \
+         client_cpu_ms_per_msg={:.4}",
         if elapsed > 0.0 { accepted as f64 / elapsed } else { 0.0 },
         percentile(&lat, 50.0),
         percentile(&lat, 99.0),
         lat.last().map(|v| *v as f64 / 1000.0).unwrap_or(f64::NAN),
         codes.render(),
+        if accepted > 0 { client_cpu * 1000.0 / accepted as f64 } else { f64::NAN },
     );
 
     // End to end: wait (bounded) until the sink holds every accepted message.
@@ -725,6 +733,14 @@ fn cmd_smtp(mut args: pico_args::Arguments) -> Result<(), BenchError> {
             st.rejected - before.rejected,
             if delivered == accepted && span > 0.0 { delivered as f64 / span } else { 0.0 }
         );
+        if before.cpu_ns > 0 && delivered > 0 {
+            // What the deliveries cost the sink (plus this loop's few GET /stats).
+            let _ = write!(
+                line,
+                " sink_cpu_ms_per_msg={:.4}",
+                st.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e6 / delivered as f64
+            );
+        }
     }
     if let (Some(b), Some(a), Some(e)) = (proc_before, proc_after_accept, proc_end) {
         let per = |cpu: f64| {
