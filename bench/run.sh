@@ -114,7 +114,10 @@ start_reference() {
     local user=()
     # smtp-sink refuses to run as root without -u; it drops to that user after binding.
     $run_as_root && user=(-u nobody)
-    LD_LIBRARY_PATH=$SMTP_SINK_LIBS "$SMTP_SINK" "${user[@]}" "127.0.0.1:$SERVER_PORT" 1024 \
+    # -m: smtp-sink serves at most 256 connections at once by default and leaves the rest
+    # ungreeted in the backlog; it gets the daemon's limit (max_connections below).
+    LD_LIBRARY_PATH=$SMTP_SINK_LIBS "$SMTP_SINK" "${user[@]}" -m $((IDLE + 100)) \
+        "127.0.0.1:$SERVER_PORT" 1024 \
         2>>"$WORK/smtp-sink.log" &
     SERVER_PID=$!
     "$LOADGEN" wait --addr "127.0.0.1:$SERVER_PORT" --timeout 10 || die "smtp-sink did not greet"
