@@ -128,6 +128,30 @@ print("sent")
     );
 }
 
+/// Callers pass DSN options whatever the EHLO said (Postfix advertises DSN and takes them);
+/// refusing them lost the message.
+#[test]
+fn python_smtplib_dsn_options_are_taken() {
+    if !common::require_tool("python3") {
+        return;
+    }
+    let (bridge, d) = setup("smtplib-dsn", "");
+    let script = r#"
+import smtplib, sys
+msg = "From: backup@example.org\r\nTo: root\r\nSubject: nightly backup done\r\n\r\n42 files\r\n"
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    refused = s.sendmail("backup@example.org", ["root"], msg,
+                         mail_options=["RET=HDRS", "ENVID=job42"],
+                         rcpt_options=["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;root@example.org"])
+    assert not refused, refused
+print("sent")
+"#;
+    let (status, out) = run(Command::new("python3").args(["-c", script, &d.port.to_string()]));
+    assert!(status.success(), "{out}");
+    let got = bridge.wait_for(1, SOON);
+    assert_contains(&got[0].reply, &["nightly backup done", "42 files"]);
+}
+
 #[test]
 fn curl_smtp_upload() {
     if !common::require_tool("curl") {

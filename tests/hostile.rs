@@ -268,7 +268,9 @@ fn bdat_chunks_that_lie_about_their_size() {
     assert_contains(&got[0].reply, &["the rest of the message"]);
     assert!(!got[0].reply.contains("WORLD"), "{}", got[0].reply);
 
-    // Sizes that are not numbers, or do not fit in 64 bits: 501, the session goes on.
+    // Sizes that are not numbers, or do not fit in 64 bits: where the chunk ends is unknown,
+    // so the session ends with 521 (as Postfix's), before a chunk's octets are read as
+    // commands.
     for bad in [
         "BDAT",
         "BDAT -5",
@@ -278,10 +280,13 @@ fn bdat_chunks_that_lie_about_their_size() {
         "BDAT 99999999999999999999999999",
         "BDAT 5 FIRST",
     ] {
-        c.envelope("liar@example.org", &["root"]);
-        let text = c.expect(bad, 501);
+        let mut b = d.greeted();
+        b.envelope("liar@example.org", &["root"]);
+        b.send(format!("{bad}\r\nRSET\r\n").as_bytes());
+        let (code, text) = b.reply();
+        assert_eq!(code, 521, "{bad}: {text}");
         assert!(text.contains("5.5.4"), "{bad}: {text}");
-        c.expect("RSET", 250);
+        assert!(b.closed(), "{bad}: the session went on");
     }
 
     // Declares more than max_message_size and sends it all: 552 once the declared octets

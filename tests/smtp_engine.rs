@@ -127,7 +127,7 @@ const SCRIPTS: &[Script] = &[
     },
     Script {
         name: "every error reply",
-        input: b"\r\n\x00\x01garbage\r\nFROB x\r\nVRFY root\r\nEXPN staff\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\
+        input: b"\r\nNO\x01OP\r\nFROB x\r\nVRFY root\r\nEXPN staff\r\nSTARTTLS\r\nAUTH PLAIN x\r\n\
                  HELP\r\nRCPT TO:<a@b>\r\nDATA\r\nHELO\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b> FOO=1\r\n\
                  MAIL FROM:<a@b> BODY=9BIT\r\nMAIL FROM:<a@b> SIZE=101\r\nMAIL FROM:<a@b> SIZE=100\r\n\
                  MAIL FROM:<a@b>\r\nHELO again\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\n\
@@ -135,7 +135,7 @@ const SCRIPTS: &[Script] = &[
         replies: &["220", "500 5.5.2", "500 5.5.2", "502 5.5.1", "252 2.5.0", "502 5.5.1",
                    "502 5.5.1", "502 5.5.1", "214", "503 5.5.1", "503 5.5.1", "501 5.5.4",
                    "501 5.1.7", "555 5.5.4", "501 5.5.4", "552 5.3.4", "250 2.1.0", "503 5.5.1",
-                   "250 mx.test", "503 5.5.1", "250 2.1.0", "503 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
+                   "250 mx.test", "503 5.5.1", "250 2.1.0", "554 5.5.1", "501 5.1.3", "250 2.1.5", "250 2.1.5", "452 4.5.3",
                    "501 5.5.4", "501 5.5.4", "221 2.0.0"],
         messages: &[],
         closed: true,
@@ -224,7 +224,7 @@ const SCRIPTS: &[Script] = &[
         name: "refused BDATs still have their octets read",
         input: b"BDAT 6\r\nQUIT\r\nMAIL FROM:<a@b>\r\nBDAT 6 LAST\r\nRSET\r\nRCPT TO:<c@d>\r\nBDAT 0\r\nBDAT 5 LAST\r\nhello\
                  QUIT\r\n",
-        replies: &["220", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "250 2.0.0 Ok: 0 bytes",
+        replies: &["220", "503 5.5.1", "250 2.1.0", "554 5.5.1", "250 2.1.5", "250 2.0.0 Ok: 0 bytes",
                    "250 2.0.0 Ok: queued as Q1", "221"],
         messages: &[(b"hello", Outcome::Queued)],
         closed: true,
@@ -239,18 +239,59 @@ const SCRIPTS: &[Script] = &[
         closed: false,
     },
     Script {
-        name: "RSET, BDAT error, EHLO and QUIT between chunks abort the message",
+        name: "RSET, EHLO and QUIT between chunks abort the message",
         input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nabRSET\r\n\
-                 MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nefEHLO x\r\nRCPT TO:<x@y>\r\nDATA\r\n\
                  MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\nghMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\nDATA\r\nQUIT\r\nNOOP\r\n",
         replies: &["220", "250", "250", "250 2.0.0 Ok: 2 bytes", "250 2.0.0",
-                   "250", "250", "250 2.0.0 Ok: 2 bytes", "501 5.5.4", "503 5.5.1",
                    "250", "250", "250 2.0.0 Ok: 2 bytes", "250 CHUNKING", "503 5.5.1", "503 5.5.1",
                    "250", "250", "250 2.0.0 Ok: 2 bytes", "503 5.5.1", "503 5.5.1", "503 5.5.1",
                    "221"],
-        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted),
-                    (b"", Outcome::Aborted)],
+        messages: &[(b"", Outcome::Aborted), (b"", Outcome::Aborted), (b"", Outcome::Aborted)],
+        closed: true,
+    },
+    Script {
+        // The size of the chunk is unknown, so its octets would be read as commands (here a
+        // RCPT): the message is aborted and the session ends, as with Postfix.
+        name: "a malformed BDAT between chunks aborts the message and ends the session",
+        input: b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2\r\ncdBDAT two\r\nRCPT TO:<c@d>\r\n",
+        replies: &["220", "250", "250", "250 2.0.0 Ok: 2 bytes", "521 5.5.4"],
+        messages: &[(b"", Outcome::Aborted)],
+        closed: true,
+    },
+    Script {
+        name: "a malformed BDAT outside a message ends the session too",
+        input: b"EHLO c\r\nBDAT 3 LAST X\r\nabcQUIT\r\n",
+        replies: &["220", "250 CHUNKING", "521 5.5.4 Syntax: BDAT count [LAST]"],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        // A blind pipeliner whose DATA was refused: its message must not be read as commands.
+        name: "a message header line where a command belongs ends the session",
+        input: b"EHLO c\r\nMAIL FROM:<a@b> SIZE=999999999999\r\nRCPT TO:<root>\r\nDATA\r\n\
+                 Subject: rejected\r\n\r\nRCPT TO:<x@y>\r\n.\r\n",
+        replies: &["220", "250 CHUNKING", "552 5.3.4", "503 5.5.1", "503 5.5.1",
+                   "221 2.7.0 Error: I can break rules, too. Goodbye."],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        name: "a line not starting with a letter ends the session",
+        input: b"NOOP\r\n<html>\r\nNOOP\r\n",
+        replies: &["220", "250 2.0.0", "221 2.7.0"],
+        messages: &[],
+        closed: true,
+    },
+    Script {
+        name: "DSN and AUTH parameters are taken and ignored; malformed ones refused",
+        input: b"MAIL FROM:<a@b> RET=HDRS ENVID=job42 AUTH=<>\r\n\
+                 RCPT TO:<c@d> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@d\r\n\
+                 RCPT TO:<e@d> NOTIFY=SOMETIMES\r\nDATA\r\nx\r\n.\r\n\
+                 MAIL FROM:<a@b> RET=SOME\r\nMAIL FROM:<a@b> X-FOO=1\r\nQUIT\r\n",
+        replies: &["220", "250 2.1.0", "250 2.1.5", "501 5.5.4", "354", "250 2.0.0 Ok: queued as Q1",
+                   "501 5.5.4", "555 5.5.4", "221"],
+        messages: &[(b"x\r\n", Outcome::Queued)],
         closed: true,
     },
     Script {

@@ -43,7 +43,7 @@ use std::fmt::Write as _;
 use std::mem;
 
 use data::{DataReceiver, DataStep};
-use parser::{Body, Command, MailParams, ParseError};
+use parser::{Body, Command, MailParams, NonSmtp, ParseError};
 
 /// Limits and names for one session.
 #[derive(Debug, Clone)]
@@ -615,19 +615,35 @@ impl Session {
             Command::Expn | Command::StartTls | Command::Auth => {
                 answer(out, reply::NOT_IMPLEMENTED)
             }
-            Command::Forbidden => self.forbidden(out),
+            Command::Forbidden(kind) => self.forbidden(kind, out),
         }
     }
 
-    /// An HTTP request on the SMTP port: what follows it (headers, a body that may hold SMTP
-    /// commands) is never read, and a chunked message already started is aborted first.
-    fn forbidden(&mut self, out: &mut Vec<u8>) -> Option<Event<'static>> {
-        log::warn!("{}: HTTP request on the SMTP port: closing", self.log_id);
-        self.close_with(reply::FORBIDDEN, "HTTP request", out)
+    /// Not SMTP (an HTTP request, a header line, a line not starting with a letter): what
+    /// follows it (an HTTP body, the rest of a message whose DATA was refused, which may hold
+    /// lines that look like commands) is never read, and a chunked message already started
+    /// is aborted first. Postfix says the same and closes.
+    fn forbidden(&mut self, kind: NonSmtp, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        log::warn!(
+            "{}: non-SMTP command ({}): closing",
+            self.log_id,
+            kind.describe()
+        );
+        self.close_with(reply::FORBIDDEN, kind.describe(), out)
     }
 
     /// Answers a line that did not parse.
     fn refuse(&mut self, error: ParseError, out: &mut Vec<u8>) -> Option<Event<'static>> {
+        if error == ParseError::BdatSyntax {
+            // The chunk's size is unknown, so where the client's data ends cannot be known
+            // either: reading on would take its octets for commands. Postfix hangs up too
+            // (RFC 3030 §2: a failed BDAT fails the transaction).
+            log::info!(
+                "{}: reject: command refused ({error}): closing",
+                self.log_id
+            );
+            return self.close_with(reply::SYNTAX_BDAT, "BDAT syntax", out);
+        }
         // At info, as Postfix logs refused addresses: a client whose MAIL or RCPT is
         // refused may drop the message, and the log is the admin's only trace of it. (At
         // most HARD_ERROR_LIMIT lines per connection.)
@@ -637,13 +653,6 @@ impl Session {
             error.reply().trim_end()
         );
         out.extend_from_slice(error.reply().as_bytes());
-        // A broken BDAT inside a chunked message: its size is unknown, so the message cannot
-        // be trusted to continue where the client thinks it does (RFC 3030: a failed BDAT
-        // fails the transaction).
-        if error == ParseError::BdatSyntax && matches!(self.state, State::Chunked { .. }) {
-            self.enter(State::Idle, "BDAT");
-            return Some(Event::MessageAbort);
-        }
         None
     }
 
@@ -730,7 +739,7 @@ impl Session {
             _ => return answer(out, reply::NEED_RECIPIENT),
         };
         if pending.recipients.is_empty() {
-            return answer(out, reply::NEED_RECIPIENT);
+            return answer(out, reply::NO_VALID_RECIPIENTS);
         }
         if pending.body == Body::BinaryMime {
             return answer(out, reply::BINARYMIME_NEEDS_BDAT);
@@ -770,7 +779,7 @@ impl Session {
                 None
             }
             State::Mail(pending) => {
-                out.extend_from_slice(reply::NEED_RECIPIENT.as_bytes());
+                out.extend_from_slice(reply::NO_VALID_RECIPIENTS.as_bytes());
                 if size > 0 {
                     let resume = Some(mem::take(pending));
                     self.enter(

@@ -86,18 +86,44 @@ pub(crate) enum Command {
     StartTls,
     /// `AUTH ...`; its arguments are never looked at (nor logged).
     Auth,
+    /// Not SMTP at all, answered and closed at once, as Postfix's
+    /// `smtpd_forbidden_commands` and its header check do: what follows (an HTTP request's
+    /// body, the rest of a message whose DATA was refused) may hold SMTP commands that
+    /// nobody meant as commands.
+    Forbidden(NonSmtp),
+}
+
+/// What kind of non-SMTP line ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonSmtp {
     /// `GET`, `POST`, `CONNECT`: an HTTP request sent to the SMTP port (a browser, or a
-    /// server-side request forgery smuggling SMTP commands in its body), answered and closed
-    /// at once, as Postfix's `smtpd_forbidden_commands` does.
-    Forbidden,
+    /// server-side request forgery smuggling SMTP commands in its body).
+    Http,
+    /// A message header line such as `Subject: x`: a client that pipelined its message
+    /// after a refused DATA, whose body lines would otherwise be read as commands.
+    Header,
+    /// A line starting with anything but a letter (`<html>`, `123 x`, 8-bit bytes).
+    Bogus,
+}
+
+impl NonSmtp {
+    /// For the log line.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            NonSmtp::Http => "HTTP request",
+            NonSmtp::Header => "message header line",
+            NonSmtp::Bogus => "line not starting with a letter",
+        }
+    }
 }
 
 /// Why a command line could not be parsed; each variant has exactly one reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub(crate) enum ParseError {
-    /// Occurs when the line has no verb made of letters, digits and `-` (empty lines, control
-    /// or 8-bit bytes, punctuation).
+    /// Occurs when the line is blank or starts with NUL, or its verb, starting with a
+    /// letter, holds anything but letters, digits and `-` (a line starting with anything
+    /// else is [`Command::Forbidden`]).
     Garbage,
     /// Occurs when the verb is well-formed but not one we know.
     Unrecognized,
@@ -191,7 +217,17 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         Some(at) => (&line[..at], trim_start(&line[at..])),
         None => (line, &line[line.len()..]),
     };
-    if verb.is_empty() || !verb.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
+    // A leading NUL ends the line for Postfix's C strings: an empty command, bad syntax.
+    let Some(&first) = verb.first().filter(|&&b| b != 0) else {
+        return Err(ParseError::Garbage);
+    };
+    if !first.is_ascii_alphabetic() {
+        return Ok(Command::Forbidden(NonSmtp::Bogus));
+    }
+    if is_header_name(verb) {
+        return Ok(Command::Forbidden(NonSmtp::Header));
+    }
+    if !verb.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ParseError::Garbage);
     }
     let mut upper = [0u8; 8];
@@ -217,8 +253,17 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         b"HELP" => Ok(Command::Help),
         b"STARTTLS" => Ok(Command::StartTls),
         b"AUTH" => Ok(Command::Auth),
-        b"GET" | b"POST" | b"CONNECT" => Ok(Command::Forbidden),
+        b"GET" | b"POST" | b"CONNECT" => Ok(Command::Forbidden(NonSmtp::Http)),
         _ => Err(ParseError::Unrecognized),
+    }
+}
+
+/// Whether `word` starts like a message header line: a field name of printable characters,
+/// then a colon (Postfix's `is_header`). No SMTP verb contains a colon.
+fn is_header_name(word: &[u8]) -> bool {
+    match word.iter().position(|&b| b == b':') {
+        Some(colon) => colon > 0 && word[..colon].iter().all(|&b| b.is_ascii_graphic()),
+        None => false,
     }
 }
 
@@ -301,7 +346,7 @@ fn mail(args: &[u8]) -> Result<Command, ParseError> {
                 return Err(ParseError::BadParameter);
             }
             parsed.smtputf8 = true;
-        } else {
+        } else if !ignored_mail_parameter(key, value)? {
             return Err(ParseError::UnsupportedParameter);
         }
     }
@@ -318,15 +363,98 @@ fn rcpt(args: &[u8]) -> Result<Command, ParseError> {
         PathError::Malformed => ParseError::BadRecipient,
     })?;
     let recipient = address(path, false).ok_or(ParseError::BadRecipient)?;
-    // We offer no RCPT extension. DSN's NOTIFY= and ORCPT= are accepted and ignored, as a
-    // Postfix with DSN disabled ignores them; any other parameter gets 555 (RFC 5321
-    // §4.1.1.11), and a malformed one 501.
-    for (key, _) in parameters(params)? {
-        if !key.eq_ignore_ascii_case(b"NOTIFY") && !key.eq_ignore_ascii_case(b"ORCPT") {
+    // We offer no RCPT extension; DSN's NOTIFY= and ORCPT= are checked, then ignored (see
+    // `ignored_mail_parameter`). Any other parameter gets 555 (RFC 5321 §4.1.1.11).
+    for (key, value) in parameters(params)? {
+        let known = if key.eq_ignore_ascii_case(b"NOTIFY") {
+            value.is_some_and(is_dsn_notify)
+        } else if key.eq_ignore_ascii_case(b"ORCPT") {
+            value.is_some_and(is_dsn_orcpt)
+        } else {
             return Err(ParseError::UnsupportedParameter);
+        };
+        if !known {
+            return Err(ParseError::BadParameter);
         }
     }
     Ok(Command::Rcpt { recipient })
+}
+
+/// The MAIL parameters of extensions we do not offer that are still taken and ignored:
+/// `Ok(true)` for a well-formed one, `Err` (501) for a malformed one, `Ok(false)` for any
+/// other keyword (555).
+///
+/// DSN's `RET=` and `ENVID=` (and `NOTIFY=`/`ORCPT=` on RCPT): Postfix advertises DSN and
+/// takes them, and callers pass them whatever the EHLO said (`smtplib.sendmail(...,
+/// mail_options=["RET=HDRS"])`, Java Mail's `mail.smtp.dsn.ret`); refusing them would lose
+/// the message. We do not advertise DSN, since no status notification is ever sent: ignoring
+/// the request is what a server that never bounces can honestly do. `AUTH=` (RFC 4954 §5)
+/// names the submitter for a relay and is ignored by a server without AUTH.
+fn ignored_mail_parameter(key: &[u8], value: Option<&[u8]>) -> Result<bool, ParseError> {
+    let ok = if key.eq_ignore_ascii_case(b"RET") {
+        value.is_some_and(|v| v.eq_ignore_ascii_case(b"FULL") || v.eq_ignore_ascii_case(b"HDRS"))
+    } else if key.eq_ignore_ascii_case(b"ENVID") {
+        // RFC 3461 §4.4: at most 100 characters of xtext.
+        value.is_some_and(|v| v.len() <= 100 && is_xtext(v))
+    } else if key.eq_ignore_ascii_case(b"AUTH") {
+        value.is_some_and(is_xtext) // `<>` (none) is xtext too
+    } else {
+        return Ok(false);
+    };
+    if ok {
+        Ok(true)
+    } else {
+        Err(ParseError::BadParameter)
+    }
+}
+
+/// RFC 3461 §4.1: `NEVER`, or a comma-separated list of `SUCCESS`, `FAILURE`, `DELAY`.
+fn is_dsn_notify(value: &[u8]) -> bool {
+    if value.eq_ignore_ascii_case(b"NEVER") {
+        return true;
+    }
+    value.split(|&b| b == b',').all(|word| {
+        [&b"SUCCESS"[..], b"FAILURE", b"DELAY"]
+            .iter()
+            .any(|known| word.eq_ignore_ascii_case(known))
+    })
+}
+
+/// RFC 3461 §4.2: `addr-type ";" xtext`, the type an atom such as `rfc822`.
+fn is_dsn_orcpt(value: &[u8]) -> bool {
+    match value.iter().position(|&b| b == b';') {
+        Some(semi) => {
+            let (kind, address) = (&value[..semi], &value[semi + 1..]);
+            !kind.is_empty()
+                && kind.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+                && !address.is_empty()
+                && is_xtext(address)
+        }
+        None => false,
+    }
+}
+
+/// RFC 3461 §4: printable ASCII but `+` and `=`, with `+XX` (two upper-case hex digits)
+/// standing for any byte. Values are UTF-8 under SMTPUTF8 (RFC 6533 "utf-8-addr-xtext"), so
+/// non-ASCII bytes are taken as they come.
+fn is_xtext(value: &[u8]) -> bool {
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'+' => {
+                let hex =
+                    |b: Option<&u8>| b.is_some_and(|&b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+                if !(hex(value.get(i + 1)) && hex(value.get(i + 2))) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            b if b >= 0x80 || b.is_ascii_graphic() => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn bdat(args: &[u8]) -> Result<Command, ParseError> {
@@ -534,9 +662,28 @@ mod tests {
             (b"QUIT now", Ok(Command::Quit)),
             (b" NOOP", Ok(Command::Noop)),
             (b"\tNOOP\r", Ok(Command::Noop)),
-            (b"GET / HTTP/1.1", Ok(Command::Forbidden)),
-            (b"post /x HTTP/1.0", Ok(Command::Forbidden)),
-            (b"CONNECT 127.0.0.1:25 HTTP/1.1", Ok(Command::Forbidden)),
+            (b"GET / HTTP/1.1", Ok(Command::Forbidden(NonSmtp::Http))),
+            (b"post /x HTTP/1.0", Ok(Command::Forbidden(NonSmtp::Http))),
+            (
+                b"CONNECT 127.0.0.1:25 HTTP/1.1",
+                Ok(Command::Forbidden(NonSmtp::Http)),
+            ),
+            // A message pipelined after a refused DATA, read as commands: closed, as Postfix.
+            (
+                b"Subject: disk full",
+                Ok(Command::Forbidden(NonSmtp::Header)),
+            ),
+            (b"From:<a@b>", Ok(Command::Forbidden(NonSmtp::Header))),
+            (
+                b"X-Cron-Env: <HOME=/root>",
+                Ok(Command::Forbidden(NonSmtp::Header)),
+            ),
+            (b"<html>", Ok(Command::Forbidden(NonSmtp::Bogus))),
+            (b"123 hello", Ok(Command::Forbidden(NonSmtp::Bogus))),
+            (b"-- ", Ok(Command::Forbidden(NonSmtp::Bogus))),
+            (b"\x01\x02", Ok(Command::Forbidden(NonSmtp::Bogus))),
+            (b"\x00QUIT", Err(ParseError::Garbage)),
+            (b"\xc3\xa9HLO x", Ok(Command::Forbidden(NonSmtp::Bogus))),
             (b"NOOP", Ok(Command::Noop)),
             (b"NOOP anything goes", Ok(Command::Noop)),
             (b"VRFY root", Ok(Command::Vrfy)),
@@ -560,9 +707,9 @@ mod tests {
                     extended: false,
                 }),
             ),
-            (b"\x00\x01\x02", Err(ParseError::Garbage)),
-            (b"\xc3\xa9HLO x", Err(ParseError::Garbage)),
-            (b"MAIL:FROM:<a>", Err(ParseError::Garbage)),
+            (b"NO\x01OP", Err(ParseError::Garbage)),
+            (b"HEL\xc3\xa9 x", Err(ParseError::Garbage)),
+            (b"MAIL:FROM:<a>", Ok(Command::Forbidden(NonSmtp::Header))),
             // MAIL
             (b"MAIL FROM:<a@b.example>", mail_cmd("a@b.example", NONE)),
             (b"mail from:<a@b.example>", mail_cmd("a@b.example", NONE)),
@@ -672,12 +819,24 @@ mod tests {
                 b"MAIL FROM:<a@b> SMTPUTF8=yes",
                 Err(ParseError::BadParameter),
             ),
+            // DSN and AUTH parameters: checked, then ignored (DSN is not advertised).
+            (b"MAIL FROM:<a@b> RET=HDRS", mail_cmd("a@b", NONE)),
             (
-                b"MAIL FROM:<a@b> RET=HDRS",
+                b"MAIL FROM:<a@b> RET=full ENVID=job+2B42 AUTH=<>",
+                mail_cmd("a@b", NONE),
+            ),
+            (b"MAIL FROM:<a@b> AUTH=cron+40box", mail_cmd("a@b", NONE)),
+            (b"MAIL FROM:<a@b> RET=FOO", Err(ParseError::BadParameter)),
+            (b"MAIL FROM:<a@b> RET", Err(ParseError::BadParameter)),
+            (b"MAIL FROM:<a@b> ENVID=a+2", Err(ParseError::BadParameter)),
+            (b"MAIL FROM:<a@b> ENVID=a+zz", Err(ParseError::BadParameter)),
+            (b"MAIL FROM:<a@b> AUTH", Err(ParseError::BadParameter)),
+            (
+                b"MAIL FROM:<a@b> X-UNKNOWN=1",
                 Err(ParseError::UnsupportedParameter),
             ),
             (
-                b"MAIL FROM:<a@b> AUTH=<>",
+                b"MAIL FROM:<a@b> NOTIFY=NEVER",
                 Err(ParseError::UnsupportedParameter),
             ),
             (b"MAIL FROM:<a@b> =x", Err(ParseError::BadParameter)),
@@ -698,6 +857,29 @@ mod tests {
             (b"RCPT FROM:<c@d>", Err(ParseError::RcptSyntax)),
             (b"RCPT TO:<c\x7f@d>", Err(ParseError::BadRecipient)),
             (b"RCPT TO:<c@d> NOTIFY=", Err(ParseError::BadParameter)),
+            (b"RCPT TO:<c@d> NOTIFY=never", rcpt_cmd("c@d")),
+            (b"RCPT TO:<c@d> NOTIFY=DELAY", rcpt_cmd("c@d")),
+            (
+                b"RCPT TO:<c@d> NOTIFY=SOMETIMES",
+                Err(ParseError::BadParameter),
+            ),
+            (
+                b"RCPT TO:<c@d> NOTIFY=NEVER,SUCCESS",
+                Err(ParseError::BadParameter),
+            ),
+            (b"RCPT TO:<c@d> NOTIFY", Err(ParseError::BadParameter)),
+            (
+                b"RCPT TO:<c@d> ORCPT=garbage",
+                Err(ParseError::BadParameter),
+            ),
+            (
+                b"RCPT TO:<c@d> ORCPT=rfc822;",
+                Err(ParseError::BadParameter),
+            ),
+            (
+                b"RCPT TO:<c@d> RET=HDRS",
+                Err(ParseError::UnsupportedParameter),
+            ),
             // BDAT
             (
                 b"BDAT 0 LAST",
@@ -756,7 +938,7 @@ mod tests {
             (ParseError::BadSender, "501 5.1.7"),
             (ParseError::BadRecipient, "501 5.1.3"),
             (ParseError::DataSyntax, "501 5.5.4"),
-            (ParseError::BdatSyntax, "501 5.5.4"),
+            (ParseError::BdatSyntax, "521 5.5.4"),
             (ParseError::BadParameter, "501 5.5.4"),
             (ParseError::BadSize, "501 5.5.4"),
             (ParseError::BadBody, "501 5.5.4"),

@@ -33,7 +33,8 @@ pub(crate) const BAD_SYNTAX: &str = "500 5.5.2 Error: bad syntax\r\n";
 pub(crate) const LINE_TOO_LONG: &str = "500 5.5.2 Line too long\r\n";
 /// A well-formed verb we do not know.
 pub(crate) const UNRECOGNIZED: &str = "502 5.5.1 Error: command not recognized\r\n";
-/// An HTTP request (`GET`, `POST`, `CONNECT`): answered, then the connection is closed.
+/// Not SMTP (an HTTP request, a header line, a line not starting with a letter): answered,
+/// then the connection is closed.
 pub(crate) const FORBIDDEN: &str = "221 2.7.0 Error: I can break rules, too. Goodbye.\r\n";
 /// EXPN, STARTTLS, AUTH: known, deliberately not offered.
 pub(crate) const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n";
@@ -50,8 +51,9 @@ pub(crate) const SYNTAX_RCPT: &str = "501 5.5.4 Syntax: RCPT TO:<address>\r\n";
 pub(crate) const SYNTAX_DATA: &str = "501 5.5.4 Syntax: DATA\r\n";
 /// RSET with an argument.
 pub(crate) const SYNTAX_RSET: &str = "501 5.5.4 Syntax: RSET\r\n";
-/// BDAT whose size is missing, not a number or followed by something other than LAST.
-pub(crate) const SYNTAX_BDAT: &str = "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+/// BDAT whose size is missing, not a number or followed by something other than LAST: the
+/// connection is closed after it (Postfix's reply and behaviour).
+pub(crate) const SYNTAX_BDAT: &str = "521 5.5.4 Syntax: BDAT count [LAST]\r\n";
 /// VRFY without an argument.
 pub(crate) const SYNTAX_VRFY: &str = "501 5.5.4 Syntax: VRFY address\r\n";
 /// A MAIL or RCPT parameter that is not `keyword[=value]`.
@@ -69,8 +71,10 @@ pub(crate) const BAD_RECIPIENT: &str = "501 5.1.3 Bad recipient address syntax\r
 
 /// RCPT, DATA or BDAT before MAIL.
 pub(crate) const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
-/// DATA or BDAT before any RCPT.
+/// DATA or BDAT with no transaction at all (Postfix's text).
 pub(crate) const NEED_RECIPIENT: &str = "503 5.5.1 Error: need RCPT command\r\n";
+/// DATA or BDAT after MAIL but with no recipient accepted (Postfix's reply).
+pub(crate) const NO_VALID_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients\r\n";
 /// MAIL inside a transaction.
 pub(crate) const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
 /// RCPT or DATA after the first BDAT chunk of a message.
@@ -123,6 +127,7 @@ mod tests {
             BAD_RECIPIENT,
             NEED_MAIL,
             NEED_RECIPIENT,
+            NO_VALID_RECIPIENTS,
             NESTED_MAIL,
             BDAT_IN_PROGRESS,
             BINARYMIME_NEEDS_BDAT,
