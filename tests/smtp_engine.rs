@@ -915,7 +915,6 @@ fn host_replies_match_the_design_table() {
     use smtp_bridge::smtp::replies;
     let table = [
         (replies::NOT_ALLOWED, "554 5.7.1 "),
-        (replies::TOO_MANY_CONNECTIONS, "421 4.3.2 "),
         (replies::SHUTTING_DOWN, "421 4.3.2 "),
         (replies::IDLE_TIMEOUT, "421 4.4.2 "),
         (replies::SESSION_TIMEOUT, "421 4.4.2 "),

@@ -54,6 +54,8 @@ pub(crate) const LINGER: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long accepting stays paused after EMFILE/ENFILE when no connection closes sooner.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// How often reaching `max_connections` is logged at most.
+const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Bytes one `drive` call may read from a connection before it yields to the others.
 const DRIVE_BUDGET: usize = 4 * READ_CHUNK;
 /// Connections one `accept` call may take from a listener before it yields to the others.
@@ -259,6 +261,10 @@ struct Server {
     /// Whether listeners are registered (not paused after EMFILE).
     accepting: bool,
     accept_retry: Option<Instant>,
+    /// Not accepting because `max_connections` sessions are open.
+    held_at_limit: bool,
+    /// When reaching `max_connections` was last logged.
+    limit_warned: Option<Instant>,
     conns: HashMap<usize, Conn>,
     next_token: usize,
     next_conn_id: u64,
@@ -326,6 +332,8 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         listeners: mio_listeners,
         accepting: true,
         accept_retry: None,
+        held_at_limit: false,
+        limit_warned: None,
         conns: HashMap::new(),
         next_token: 0,
         next_conn_id: 1,
@@ -448,6 +456,10 @@ impl Server {
             if !self.accepting {
                 return;
             }
+            if self.conns.len() >= self.limits.max_connections && self.shutdown_at.is_none() {
+                self.hold_at_limit();
+                return;
+            }
             if budget == 0 {
                 // More may be waiting, and no new event will say so: come back next turn.
                 self.ready_listeners.insert(index);
@@ -482,7 +494,34 @@ impl Server {
         }
     }
 
+    /// `max_connections` sessions are open: newcomers wait in the kernel's listen queue
+    /// until one ends, as with Postfix (whose master stops accepting at its process limit),
+    /// instead of being turned away: a burst of scripts sending at once is served late, not
+    /// lost. Closing a connection resumes accepting.
+    fn hold_at_limit(&mut self) {
+        let now = Instant::now();
+        // Under a sustained load every session that ends lets one in and the limit is met
+        // again: one warning a minute says it.
+        if self
+            .limit_warned
+            .is_none_or(|at| now.duration_since(at) >= LIMIT_WARNING_INTERVAL)
+        {
+            log::warn!(
+                "max_connections ({}) reached: new clients wait until a session ends",
+                self.limits.max_connections
+            );
+            self.limit_warned = Some(now);
+        }
+        self.held_at_limit = true;
+        self.stop_listening();
+    }
+
     fn pause_accepting(&mut self) {
+        self.stop_listening();
+        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+    }
+
+    fn stop_listening(&mut self) {
         if self.accepting {
             for l in &mut self.listeners {
                 if let Err(e) = self.poll.registry().deregister(l) {
@@ -491,11 +530,11 @@ impl Server {
             }
             self.accepting = false;
         }
-        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
     }
 
     fn resume_accepting(&mut self) {
         self.accept_retry = None;
+        self.held_at_limit = false;
         if self.accepting {
             return;
         }
@@ -528,8 +567,6 @@ impl Server {
             Some((replies::NOT_ALLOWED, "not allowed"))
         } else if self.shutdown_at.is_some() {
             Some((replies::SHUTTING_DOWN, "shutting down"))
-        } else if self.conns.len() >= self.limits.max_connections {
-            Some((replies::TOO_MANY_CONNECTIONS, "too many connections"))
         } else {
             None
         };
@@ -851,6 +888,8 @@ impl Server {
                     self.grace
                 );
                 self.shutdown_at = Some(now + self.grace);
+                // Clients waiting at max_connections are told at once, not left hanging.
+                self.resume_accepting();
             }
             Some(_) => {
                 log::info!("signal {signal} again: ending the remaining sessions now");
@@ -903,6 +942,11 @@ impl Server {
                 effective.spool_dir = self.config.spool_dir.clone();
                 crate::logging::set_level(effective.loglevel);
                 self.limits = Limits::from_config(&effective);
+                if self.held_at_limit {
+                    // A raised limit lets waiting clients in now; resuming at an unchanged
+                    // one just holds again.
+                    self.resume_accepting();
+                }
                 self.worker.set_sync(effective.spool_sync);
                 self.delivery.reload(effective.clone());
                 self.config = effective;

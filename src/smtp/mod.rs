@@ -100,8 +100,6 @@ pub enum Event<'a> {
 pub mod replies {
     /// The client's address is not in `allowed_clients`.
     pub const NOT_ALLOWED: &str = "554 5.7.1 Access denied\r\n";
-    /// `max_connections` are already open.
-    pub const TOO_MANY_CONNECTIONS: &str = "421 4.3.2 Too many connections, try again later\r\n";
     /// The daemon is shutting down.
     pub const SHUTTING_DOWN: &str =
         "421 4.3.2 Service shutting down, closing transmission channel\r\n";
