@@ -73,6 +73,8 @@ pub const MAILDROP_POLL: Duration = Duration::from_secs(30);
 pub const SPARE_BYTES: u64 = 16 << 20;
 /// How long the delivery thread waits when another runner (`sendmail -q`) holds the lock.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
+/// How soon a maildrop that could not be taken in (a full disk) is tried again.
+const MAILDROP_RETRY: Duration = Duration::from_secs(5);
 
 /// What one pass over the queue did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -222,16 +224,43 @@ fn run_pass(
             ..Pass::default()
         });
     };
-    match spool.ingest_maildrop(config.max_message_size) {
-        Ok(ingest) if ingest.accepted + ingest.refused > 0 => log::debug!(
-            "maildrop: accepted={}, refused={}",
-            ingest.accepted,
-            ingest.refused
-        ),
-        Ok(_) => {}
-        // What is already queued can still go out; the maildrop is tried again next pass.
-        Err(e) => log::error!("cannot ingest the maildrop: {e}"),
-    }
+    // When the maildrop cannot be taken in (a full disk, no descriptors), what it holds
+    // was still acknowledged: mail queued before the oldest of it can go out, mail queued
+    // after waits for it (delivery keeps order), and the maildrop is tried again soon.
+    let held_from = match spool.ingest_maildrop(config.max_message_size) {
+        Ok(ingest) => {
+            if ingest.accepted + ingest.refused > 0 {
+                log::debug!(
+                    "maildrop: accepted={}, refused={}",
+                    ingest.accepted,
+                    ingest.refused
+                );
+            }
+            None
+        }
+        Err(e) => match spool.maildrop_left() {
+            Ok(left) if left.entries == 0 => {
+                log::error!("cannot ingest the maildrop: {e}");
+                None
+            }
+            Ok(left) => {
+                log::error!(
+                    "cannot ingest the maildrop: {e}; {} message(s) left in it, and mail queued after the oldest of them waits for it; retrying in {}",
+                    left.entries,
+                    human(MAILDROP_RETRY)
+                );
+                left.oldest
+            }
+            // Not even its listing: whatever it holds may be older than anything queued.
+            Err(e2) => {
+                log::error!(
+                    "cannot ingest the maildrop: {e}; nor list it: {e2}; delivery waits for it; retrying in {}",
+                    human(MAILDROP_RETRY)
+                );
+                Some(UNIX_EPOCH)
+            }
+        },
+    };
     // Read before the listing: more than this at the end means mail came in after it.
     let queued_before = spool.queued_by_this_process();
     // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
@@ -254,6 +283,13 @@ fn run_pass(
     for (index, id) in ids.iter().enumerate() {
         let remaining = total - index;
         let now = SystemTime::now();
+        if let Some(from) = held_from {
+            if id.time().is_none_or(|t| t >= from) {
+                pass.report.waiting = remaining;
+                pass.report.next_due = Some(now + MAILDROP_RETRY);
+                break;
+            }
+        }
         // Opened once: the entry says whether it is due, the same file gives the message.
         let message = match spool.open(id) {
             Ok(message) => message,
@@ -353,7 +389,12 @@ fn run_pass(
         break;
     }
     removals.sync()?;
-    let left = pass.report.deferred + pass.report.waiting;
+    if held_from.is_some() {
+        // Try the maildrop again soon, whatever else waits (or not).
+        let retry = SystemTime::now() + MAILDROP_RETRY;
+        pass.report.next_due = Some(pass.report.next_due.map_or(retry, |at| at.min(retry)));
+    }
+    let left = pass.report.deferred + pass.report.waiting + usize::from(held_from.is_some());
     // Mail the daemon accepted during the pass waits too: no need to list queue/ again to
     // know that (under load, nearly every pass).
     let newer = spool.queued_by_this_process() != queued_before;

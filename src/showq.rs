@@ -275,12 +275,17 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
     }
     // Notes, then the last line, which monitoring reads (check_mailq -M postfix): Postfix's
     // closing line, or "Mail queue is empty".
+    // Left in the maildrop: not listed (their files are their senders'), but counted in the
+    // closing line, so that monitoring does not see an empty queue while mail waits.
+    let mut left = crate::spool::MaildropLeft::default();
     if let Some(e) = untaken {
         log::warn!("cannot take in the maildrop: {e}");
+        left = spool.maildrop_left().unwrap_or_default();
         let _ = writeln!(
             text,
-            "-- the maildrop could not be taken in ({}): its messages are not listed",
-            escape_text(&e.to_string())
+            "-- the maildrop could not be taken in ({}): its {} message(s) are not listed, but counted below",
+            escape_text(&e.to_string()),
+            left.entries
         );
     }
     let failed = spool.failed_names().map(|names| names.len()).unwrap_or(0);
@@ -290,16 +295,17 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
             "-- {failed} message(s) kept in failed/ with the reason (smtp_bridge --requeue all sends again those that ran out of lifetime)"
         );
     }
-    if entries.is_empty() {
+    let requests = entries.len() + left.entries;
+    if requests == 0 {
         text.push_str("Mail queue is empty\n");
     } else {
-        let bytes: u64 = entries.iter().map(|e| e.size).sum();
+        let bytes: u64 = entries.iter().map(|e| e.size).sum::<u64>() + left.bytes;
         let _ = writeln!(
             text,
             "-- {} Kbytes in {} Request{}.",
             bytes.div_ceil(1024),
-            entries.len(),
-            if entries.len() == 1 { "" } else { "s" }
+            requests,
+            if requests == 1 { "" } else { "s" }
         );
     }
     Ok((text, taken_in))

@@ -763,6 +763,17 @@ pub struct IngestReport {
     pub refused: usize,
 }
 
+/// What [`Spool::maildrop_left`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MaildropLeft {
+    /// Entries (anything but dot files).
+    pub entries: usize,
+    /// Their sizes added up.
+    pub bytes: u64,
+    /// When the oldest was dropped off.
+    pub oldest: Option<SystemTime>,
+}
+
 /// A queued message opened by [`Spool::open`].
 #[derive(Debug)]
 pub struct OpenMessage {
@@ -1084,6 +1095,35 @@ impl Spool {
             }
             None => Ok(report),
         }
+    }
+
+    /// What `maildrop/` still holds after a failed [`Spool::ingest_maildrop`]: how many
+    /// entries, their bytes, and when the oldest was dropped off (its inode change time,
+    /// which the rename into `maildrop/` set and its owner cannot choose; `sendmail`
+    /// acknowledged it after that). Mail queued after that moment must wait for it.
+    pub fn maildrop_left(&self) -> io::Result<MaildropLeft> {
+        let dir = self.maildrop_dir();
+        let mut left = MaildropLeft::default();
+        for name in read_names(&dir)? {
+            if name.as_bytes().starts_with(b".") {
+                continue;
+            }
+            // lstat needs no descriptor, so it works when EMFILE stopped the ingestion.
+            let Ok(meta) = fs::symlink_metadata(dir.join(&name)) else {
+                continue;
+            };
+            let changed = UNIX_EPOCH.checked_add(Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            ));
+            left.entries += 1;
+            left.bytes += meta.len();
+            left.oldest = match (left.oldest, changed) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(left)
     }
 
     fn ingest_one(&self, dir: &Path, name: &OsStr, max_size: u64) -> io::Result<Ingested> {

@@ -288,6 +288,8 @@ fn fill(path: &Path) -> u64 {
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
+/// An ordinary local user, neither root nor the spool's owner (no passwd entry needed).
+const USER: u32 = 4242;
 
 #[test]
 fn full_file_system_answers_452_and_recovers_when_space_returns() {
@@ -361,6 +363,99 @@ fn full_file_system_answers_452_and_recovers_when_space_returns() {
     bridge.wait_for(4, RECOVERY);
     assert_eq!(delivered(&bridge), ["0", "1", "2", "3"]);
     assert!(common::wait_until(SOON, || spool_files(&spool).is_empty()));
+    let log = d.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A local user's message that the daemon cannot take in from the maildrop (the copy into
+/// `queue/` does not fit) was still acknowledged: mail queued after it waits for it, and it
+/// goes out first once there is room. Found by a chaos soak: the full disk let later SMTP
+/// mail overtake it, and then even later `sendmail` runs skip the queue.
+#[test]
+fn a_maildrop_message_that_cannot_be_taken_in_is_not_overtaken() {
+    if !common::require_root() {
+        return;
+    }
+    let dir = TestDir::new("f-maildrop-full");
+    let bridge = StandInBridge::start();
+    bridge.set_behaviour(Behaviour::Down);
+    let spool = dir.join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=755", "none"])
+        .arg(&spool)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a 4 MiB tmpfs (needs root)");
+    let _mount = Mount(spool.clone());
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\"]\nbridge_timeout = 2\nsendmail_timeout = 2"),
+    );
+    let d = Daemon::start(&config, port);
+
+    // About 1 MiB free; A, 700 KB from an ordinary user, fits in the maildrop once, and its
+    // copy into queue/ does not fit beside it.
+    let filler = spool.join("filler");
+    let size = fill(&filler);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(size.saturating_sub(1 << 20))
+        .unwrap();
+    let body = format!("{}\n", "a".repeat(69)).repeat(10_000);
+    let mut cmd = Command::new(common::sendmail_bin());
+    cmd.args(["-i", "root"])
+        .env("SMTP_BRIDGE_CONFIG", &config)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(USER)
+        .gid(USER);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("Subject: fault msg A .\n\n{body}").as_bytes())
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_log("cannot ingest the maildrop", SOON);
+
+    // B, by SMTP after A was acknowledged: it fits, and must wait for A.
+    send(&d, 1);
+    bridge.set_behaviour(Behaviour::Accept);
+    d.signal(nix::sys::signal::Signal::SIGHUP); // a reload tries what waits at once
+                                                // The maildrop is tried again every few seconds, nudged or not; each such pass has ended
+                                                // before the next begins.
+    d.wait_log_count("cannot ingest the maildrop", 3, SOON);
+    assert_eq!(delivered(&bridge), Vec::<String>::new(), "B overtook A");
+    // C, root's sendmail: the backlog is still marked, so C queues behind A too.
+    let (code, err) = shim(&config, "Subject: fault msg 2 .\n\nx\n", false);
+    assert_eq!(code, Some(0), "{err}");
+    d.wait_log_count("cannot ingest the maildrop", 4, SOON);
+    assert_eq!(delivered(&bridge), Vec::<String>::new(), "C overtook A");
+    // mailq counts what the maildrop holds, for monitoring.
+    let mailq = Command::new(common::sendmail_bin())
+        .arg("-bp")
+        .env("SMTP_BRIDGE_CONFIG", &config)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&mailq.stdout);
+    assert!(listing.contains("could not be taken in"), "{listing}");
+    assert!(listing.trim_end().ends_with("in 3 Requests."), "{listing}");
+
+    // Room again: A goes first, without anyone nudging the daemon.
+    std::fs::remove_file(&filler).unwrap();
+    bridge.wait_for(3, SOON);
+    assert_eq!(delivered(&bridge), ["A", "1", "2"]);
     let log = d.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
