@@ -180,7 +180,7 @@ fn run() -> Result<(), Failure> {
         return requeue(&config, which);
     }
     init_logging(&config, &args);
-    let listeners = open_listeners(&config)?;
+    let (listeners, inherited) = open_listeners(&config)?;
     let target = resolve_target(&config)?;
     prepare_spool(&config, target.as_ref())?;
     drop_privileges(target.as_ref())?;
@@ -204,6 +204,7 @@ fn run() -> Result<(), Failure> {
         delivery,
         reload,
         shutdown_grace: server::DEFAULT_SHUTDOWN_GRACE,
+        inherited,
     })
     .map_err(Failure::Server)
 }
@@ -269,17 +270,18 @@ fn init_logging(config: &Config, args: &Args) {
     LOGS_TO_STDERR.store(stderr_too, Ordering::Relaxed);
 }
 
-/// Step 3: the sockets systemd passed us, or bind every `listen` address (as root for
-/// port 25).
-fn open_listeners(config: &Config) -> Result<Vec<TcpListener>, Failure> {
+/// Step 3: the sockets systemd passed us (and `true`: they outlive us), or bind every
+/// `listen` address (as root for port 25).
+fn open_listeners(config: &Config) -> Result<(Vec<TcpListener>, bool), Failure> {
     if let Some(listeners) = listen::from_systemd().map_err(Failure::Listen)? {
         log::info!(
             "using {} listening sockets from systemd; listen setting ignored",
             listeners.len()
         );
-        return Ok(listeners);
+        return Ok((listeners, true));
     }
-    listen::bind_all(&config.listen).map_err(Failure::Listen)
+    let listeners = listen::bind_all(&config.listen).map_err(Failure::Listen)?;
+    Ok((listeners, false))
 }
 
 /// `--requeue ID|all`: failed/ back into the queue, one line per message on stdout. Run as

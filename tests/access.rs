@@ -152,19 +152,25 @@ fn own_listeners(dir: &TestDir, bridge: &StandInBridge, allowed: &str) -> Daemon
 /// `LISTEN_FDS=1`): IPv4 clients arrive as `::ffff:127.0.0.1`.
 fn dual_stack(dir: &TestDir, bridge: &StandInBridge, allowed: &str) -> Daemon {
     let listener = std::net::TcpListener::bind("[::]:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let config = common::write_config(
         &dir.path,
         &bridge.url,
         &format!("listen = [\"127.0.0.1:1\"]\nallowed_clients = {allowed}"),
     );
+    activated(&listener, &config)
+}
+
+/// The daemon on `listener`, handed over as systemd does (fd 3, `LISTEN_FDS=1`, `LISTEN_PID`
+/// the daemon's own); the caller may keep its own copy, as systemd keeps the socket.
+fn activated(listener: &std::net::TcpListener, config: &Path) -> Daemon {
+    let port = listener.local_addr().unwrap().port();
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(common::daemon_bin())
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .args(["--loglevel", "debug"])
         .env("LISTEN_FDS", "1");
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
@@ -182,9 +188,44 @@ fn dual_stack(dir: &TestDir, bridge: &StandInBridge, allowed: &str) -> Daemon {
             Ok(())
         });
     }
-    let d = Daemon::spawn(cmd, &config, port).unwrap_or_else(|e| panic!("{}", e.stderr));
-    drop(listener);
-    d
+    Daemon::spawn(cmd, config, port).unwrap_or_else(|e| panic!("{}", e.stderr))
+}
+
+/// On systemd's socket, a stopping daemon leaves whoever waits in its queue (here at
+/// max_connections) to the next instance instead of answering 421, which smtplib and
+/// lettre do not retry: a restart loses no script's mail.
+#[test]
+fn a_restart_on_systemds_socket_leaves_waiting_clients_to_the_next_instance() {
+    if !common::require_root() {
+        return;
+    }
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("a-restart");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        "listen = [\"127.0.0.1:1\"]\nmax_connections = 1",
+    );
+    let mut first = activated(&listener, &config);
+    let mut held = Smtp::greeted(first.addr()).unwrap();
+    let waiting = std::net::TcpStream::connect(first.addr()).unwrap();
+    first.wait_log("max_connections (1) reached", SOON);
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    first.wait_log("shutting down", SOON);
+    // The session in flight finishes; then the daemon is gone.
+    let (code, text) = held.message(&simple("held", "x")).unwrap();
+    assert_eq!(code, 250, "{text}");
+    held.cmd("QUIT").unwrap();
+    assert!(first.wait_exit(SOON).success());
+    // The next instance on the same socket greets the client that waited.
+    let second = activated(&listener, &config);
+    waiting.set_read_timeout(Some(SOON)).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&waiting), &mut line).unwrap();
+    assert!(line.starts_with("220 "), "the waiting client got {line:?}");
+    drop(second);
+    bridge.wait_for(1, SOON);
 }
 
 fn v4(port: u16) -> std::net::SocketAddr {

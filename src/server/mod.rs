@@ -114,6 +114,9 @@ pub struct Options {
     pub reload: Box<dyn FnMut() -> Result<Config, ConfigError> + Send>,
     /// How long sessions in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The listeners are systemd's (socket activation): they outlive this process, so on
+    /// SIGTERM what waits in their queues is left to the next instance, not turned away.
+    pub inherited: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -265,6 +268,8 @@ struct Server {
     held_at_limit: bool,
     /// When reaching `max_connections` was last logged.
     limit_warned: Option<Instant>,
+    /// The listeners are systemd's and outlive us (see [`Options::inherited`]).
+    inherited: bool,
     conns: HashMap<usize, Conn>,
     next_token: usize,
     next_conn_id: u64,
@@ -298,6 +303,7 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         delivery,
         reload,
         shutdown_grace,
+        inherited,
     } = options;
     let poll = Poll::new().map_err(io_err("create the poller"))?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_err("create the waker"))?);
@@ -334,6 +340,7 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         accept_retry: None,
         held_at_limit: false,
         limit_warned: None,
+        inherited,
         conns: HashMap::new(),
         next_token: 0,
         next_conn_id: 1,
@@ -521,6 +528,13 @@ impl Server {
         self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
     }
 
+    /// Shutting down on systemd's sockets: whoever waits in their queues is greeted by the
+    /// next instance (systemd starts it on the next connection, or the restart does), not
+    /// answered 421 by this one.
+    fn leaving_queue_to_successor(&self) -> bool {
+        self.inherited && self.shutdown_at.is_some()
+    }
+
     fn stop_listening(&mut self) {
         if self.accepting {
             for l in &mut self.listeners {
@@ -535,7 +549,7 @@ impl Server {
     fn resume_accepting(&mut self) {
         self.accept_retry = None;
         self.held_at_limit = false;
-        if self.accepting {
+        if self.accepting || self.leaving_queue_to_successor() {
             return;
         }
         for (i, l) in self.listeners.iter_mut().enumerate() {
@@ -888,8 +902,15 @@ impl Server {
                     self.grace
                 );
                 self.shutdown_at = Some(now + self.grace);
-                // Clients waiting at max_connections are told at once, not left hanging.
-                self.resume_accepting();
+                if self.inherited {
+                    // The sockets are systemd's: new and waiting clients stay in their
+                    // queues for the next instance.
+                    self.stop_listening();
+                } else {
+                    // Our own sockets close at exit, which would reset whoever waits at
+                    // max_connections: they are told 421 at once instead.
+                    self.resume_accepting();
+                }
             }
             Some(_) => {
                 log::info!("signal {signal} again: ending the remaining sessions now");
