@@ -75,6 +75,8 @@ pub const SPARE_BYTES: u64 = 16 << 20;
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
 /// How soon a maildrop that could not be taken in (a full disk) is tried again.
 const MAILDROP_RETRY: Duration = Duration::from_secs(5);
+/// How long mail queued after a maildrop message that cannot be taken in waits for it.
+const MAILDROP_HOLD_LIMIT: Duration = Duration::from_secs(300);
 
 /// What one pass over the queue did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -243,14 +245,7 @@ fn run_pass(
                 log::error!("cannot ingest the maildrop: {e}");
                 None
             }
-            Ok(left) => {
-                log::error!(
-                    "cannot ingest the maildrop: {e}; {} message(s) left in it, and mail queued after the oldest of them waits for it; retrying in {}",
-                    left.entries,
-                    human(MAILDROP_RETRY)
-                );
-                left.oldest
-            }
+            Ok(left) => maildrop_hold(&e, left),
             // Not even its listing: whatever it holds may be older than anything queued.
             Err(e2) => {
                 log::error!(
@@ -261,6 +256,9 @@ fn run_pass(
             }
         },
     };
+    if held_from.is_none() {
+        *HOLD.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
     // Read before the listing: more than this at the end means mail came in after it.
     let queued_before = spool.queued_by_this_process();
     // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
@@ -402,6 +400,67 @@ fn run_pass(
         log::warn!("cannot update the backlog marker: {e}");
     }
     Ok(pass)
+}
+
+/// A maildrop that could not be taken in, as this process saw it last.
+struct Hold {
+    /// When its oldest message was dropped off.
+    oldest: Option<SystemTime>,
+    /// Since when this process has held later mail behind it.
+    since: Instant,
+    /// When that was last logged at error level.
+    logged: Instant,
+    /// The hold was given up (logged once).
+    released: bool,
+}
+
+static HOLD: std::sync::Mutex<Option<Hold>> = std::sync::Mutex::new(None);
+
+/// Whether (and from when) mail queued after what `left` holds must wait for it. Order
+/// first, for [`MAILDROP_HOLD_LIMIT`]: a full disk that lasts (a message that needs more
+/// room than the disk will ever have, its copy beside it) must not stop every other message
+/// for good, so after that the rest goes out, the stuck ones once there is room, and the log
+/// says so. Logged at error level once per [`MAILDROP_HOLD_LIMIT`], not every retry.
+fn maildrop_hold(error: &io::Error, left: crate::spool::MaildropLeft) -> Option<SystemTime> {
+    let now = Instant::now();
+    let mut hold = HOLD.lock().unwrap_or_else(|p| p.into_inner());
+    let h = match &mut *hold {
+        Some(h) if h.oldest == left.oldest => h,
+        other => {
+            *other = Some(Hold {
+                oldest: left.oldest,
+                since: now,
+                logged: now,
+                released: false,
+            });
+            log::error!(
+                "cannot ingest the maildrop: {error}; {} message(s) ({} bytes) left in it, and mail queued after the oldest of them waits for it for up to {}; retrying every {}",
+                left.entries,
+                left.bytes,
+                human(MAILDROP_HOLD_LIMIT),
+                human(MAILDROP_RETRY)
+            );
+            return left.oldest;
+        }
+    };
+    if now.duration_since(h.since) >= MAILDROP_HOLD_LIMIT {
+        if !h.released {
+            h.released = true;
+            log::warn!(
+                "the maildrop has not been taken in for {} ({error}): mail queued after its {} message(s) goes out ahead of them; they follow once there is room",
+                human(MAILDROP_HOLD_LIMIT),
+                left.entries
+            );
+        }
+        return None;
+    }
+    if now.duration_since(h.logged) >= MAILDROP_HOLD_LIMIT {
+        h.logged = now;
+        log::error!("cannot ingest the maildrop: {error}; still holding later mail");
+    } else {
+        log::debug!("cannot ingest the maildrop: {error}");
+    }
+    left.oldest
 }
 
 /// `t` rounded up to the microsecond, the precision the spool keeps, so that the time in the
@@ -861,6 +920,31 @@ fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, sha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Order first, but not for ever: after MAILDROP_HOLD_LIMIT the rest goes out.
+    #[test]
+    fn a_hold_behind_the_maildrop_ends_after_its_limit() {
+        let left = crate::spool::MaildropLeft {
+            entries: 1,
+            bytes: 10,
+            oldest: Some(UNIX_EPOCH + Duration::from_secs(5)),
+        };
+        let full = io::Error::from_raw_os_error(28);
+        assert_eq!(maildrop_hold(&full, left), left.oldest);
+        assert_eq!(maildrop_hold(&full, left), left.oldest);
+        if let Some(h) = HOLD.lock().unwrap().as_mut() {
+            h.since = h.since.checked_sub(MAILDROP_HOLD_LIMIT).unwrap();
+        }
+        assert_eq!(maildrop_hold(&full, left), None, "held past the limit");
+        assert_eq!(maildrop_hold(&full, left), None);
+        // Another message at the head of the maildrop is held for again.
+        let other = crate::spool::MaildropLeft {
+            oldest: Some(UNIX_EPOCH + Duration::from_secs(6)),
+            ..left
+        };
+        assert_eq!(maildrop_hold(&full, other), other.oldest);
+        *HOLD.lock().unwrap() = None;
+    }
 
     #[test]
     fn a_panicking_delivery_thread_is_started_over() {

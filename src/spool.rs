@@ -1104,14 +1104,23 @@ impl Spool {
     pub fn maildrop_left(&self) -> io::Result<MaildropLeft> {
         let dir = self.maildrop_dir();
         let mut left = MaildropLeft::default();
-        for name in read_names(&dir)? {
+        let names = match read_names(&dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(left),
+            Err(e) => return Err(e),
+        };
+        for name in names {
             if name.as_bytes().starts_with(b".") {
                 continue;
             }
-            // lstat needs no descriptor, so it works when EMFILE stopped the ingestion.
+            // Only what `sendmail` leaves, a regular file: a directory someone made here
+            // (which ingestion cannot remove while it holds files) is nobody's message.
             let Ok(meta) = fs::symlink_metadata(dir.join(&name)) else {
                 continue;
             };
+            if !meta.file_type().is_file() {
+                continue;
+            }
             let changed = UNIX_EPOCH.checked_add(Duration::new(
                 u64::try_from(meta.ctime()).unwrap_or(0),
                 u32::try_from(meta.ctime_nsec()).unwrap_or(0),
@@ -1220,7 +1229,22 @@ impl Spool {
                 id.time()
                     .is_some_and(|t| t <= now && near(t, changed, ID_WINDOW))
             });
-        let mut writer = SpoolWriter::start(&self.queue_dir(), Area::Queue, &envelope, preferred)?;
+        // The envelope the sender wrote, with our arrival time and origin, may no longer fit a
+        // spool header: the entry's fault, so it is set aside rather than retried for ever.
+        let header = match encode_header(&envelope) {
+            Ok(header) => header,
+            Err(e) => return self.set_aside(&path, &shown, &e.to_string()),
+        };
+        // A copy that cannot fit is not begun: it would fill the file system to its last
+        // block, for every other program too, at each retry until there is room.
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&self.queue_dir()) {
+            let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+            if fmeta.len().saturating_add(header.len() as u64) > free {
+                return Err(io::Error::from_raw_os_error(Errno::ENOSPC as i32));
+            }
+        }
+        let mut writer =
+            SpoolWriter::start_with(&self.queue_dir(), Area::Queue, header, preferred)?;
         let copied = io::copy(&mut reader.take(max_size.saturating_add(1)), &mut writer)?;
         if copied > max_size {
             drop(writer);
@@ -2470,18 +2494,37 @@ fn remove_stale_temps(dir: &Path) -> io::Result<()> {
             None => true,
         };
         let path = dir.join(&name);
-        let old = fs::symlink_metadata(&path)
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age > STALE_TEMP_AGE);
-        if writer_gone || old {
-            log::info!(
-                "removed leftover temporary file {}/{}",
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue; // gone meanwhile
+        };
+        // Only our writers' files: in maildrop/ anyone may make a `.tmp.` directory (one
+        // with files inside cannot be removed), and one entry must never stop the others.
+        if !meta.file_type().is_file() {
+            log::debug!(
+                "{}/{}: not a file; left alone",
                 dir.display(),
                 escape(name.as_bytes())
             );
-            remove_if_exists(&path)?;
+            continue;
+        }
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > STALE_TEMP_AGE);
+        if writer_gone || old {
+            match remove_if_exists(&path) {
+                Ok(()) => log::info!(
+                    "removed leftover temporary file {}/{}",
+                    dir.display(),
+                    escape(name.as_bytes())
+                ),
+                Err(e) => log::warn!(
+                    "cannot remove leftover temporary file {}/{}: {e}",
+                    dir.display(),
+                    escape(name.as_bytes())
+                ),
+            }
         }
     }
     Ok(())

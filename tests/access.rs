@@ -563,6 +563,64 @@ fn a_sparse_maildrop_file_is_set_aside() {
     );
 }
 
+/// What a local user can put in the 1733 maildrop must not stop anyone's mail: a `.tmp.`
+/// directory (which stopped every ingestion, then, with the hold behind a maildrop that
+/// cannot be taken in, all delivery, and made the daemon's next start fail), and an
+/// envelope that fits the spool header as written but not once the daemon stamps its own
+/// arrival time and origin (an error on every pass). Found by a review of the hold.
+#[test]
+fn a_users_tmp_directory_or_oversized_envelope_holds_back_no_one() {
+    if !common::require_root() {
+        return;
+    }
+    let (bridge, mut d) = common::daemon::setup("a-holds", "");
+    let maildrop = d.dir().join("spool").join("maildrop");
+    let (dir, fine, huge) = (
+        maildrop.join(".tmp.x"),
+        maildrop.join("E-fine"),
+        maildrop.join("0-huge"),
+    );
+    // A header of exactly the spool's limit, with a short arrival time the daemon rewrites
+    // longer.
+    let limit = 4 << 20;
+    let mut header = format!(
+        "{}\narrival 1.000000\norigin local 0 a\nsender x@y\n",
+        smtp_bridge::spool::MAGIC
+    );
+    while limit - 1 - header.len() > 60_006 {
+        header.push_str(&format!("rcpt {}\n", "a".repeat(60_000)));
+    }
+    let room = limit - 1 - header.len();
+    header.push_str(&format!("rcpt {}\n\n", "b".repeat(room - 6)));
+    assert_eq!(header.len(), limit);
+    header.push_str("Subject: HUGE\n\nbody\n");
+    as_user(MALLORY, move || {
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("inside"), "x")?;
+        std::fs::write(&huge, header)?;
+        std::fs::write(&fine, forged("HONEST"))
+    });
+    let mut c = d.client().unwrap();
+    assert_eq!(c.message(&simple("after them", "x")).unwrap().0, 250);
+    let got = bridge.wait_for(2, SOON);
+    let texts: Vec<&str> = got.iter().map(|r| r.reply.as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("HONEST")), "{texts:#?}");
+    assert!(texts.iter().any(|t| t.contains("after them")), "{texts:#?}");
+    let log = d.log_text();
+    assert!(!log.contains("cannot ingest the maildrop"), "{log}");
+    assert!(
+        log.contains("0-huge"),
+        "the oversized envelope is named: {log}"
+    );
+    // The directory stays (it is not ours to empty), and the next start does not trip on it.
+    d.stop();
+    let config = d.dir().join("smtp_bridge.conf");
+    let again = Daemon::start(&config, d.port);
+    let mut c = again.client().unwrap();
+    assert_eq!(c.message(&simple("after a restart", "x")).unwrap().0, 250);
+    bridge.wait_for(3, SOON);
+}
+
 /// A message an ordinary user's `sendmail` left in the maildrop (its own bridge attempt
 /// failed) goes out within a few seconds: the drop-off marks the maildrop and the daemon
 /// looks for the mark every second, instead of waiting for its 30-second look at an idle
