@@ -974,6 +974,35 @@ fn max_connections_makes_newcomers_wait_then_serves_them() {
     assert_contains(&got[2].reply, &["from the waiting client"]);
 }
 
+/// Held at `max_connections`, a freed slot goes first to the listener that did not take the
+/// last one: a client waiting on one address is not starved by a stream of clients on the
+/// other (the defaults are 127.0.0.1 and ::1, and `localhost` resolves to either).
+#[test]
+fn a_freed_slot_goes_to_the_other_listener_first() {
+    let bridge = StandInBridge::start();
+    let dir = TestDir::new("maxconn-listeners");
+    let port = common::free_port();
+    let config = common::write_config(
+        &dir.path,
+        &bridge.url,
+        &format!("listen = [\"127.0.0.1:{port}\", \"127.0.0.2:{port}\"]\nmax_connections = 1"),
+    );
+    let d = Daemon::start(&config, port);
+    let mut first = d.greeted();
+    let other = TcpStream::connect(("127.0.0.2", port)).unwrap();
+    d.wait_log("max_connections (1) reached", SOON);
+    let same: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    first.expect("QUIT", 221);
+    // The slot can only be one client's: if it went to 127.0.0.1 again, this read times out.
+    other.set_read_timeout(Some(SOON)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&other).read_line(&mut line).unwrap();
+    assert!(line.starts_with("220 "), "{line:?}");
+    drop(same);
+}
+
 /// A reload that raises `max_connections` lets a waiting client in at once.
 #[test]
 fn a_raised_max_connections_lets_waiting_clients_in() {

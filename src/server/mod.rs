@@ -270,6 +270,8 @@ struct Server {
     limit_warned: Option<Instant>,
     /// The listeners are systemd's and outlive us (see [`Options::inherited`]).
     inherited: bool,
+    /// Which listener `resume_accepting` tries first: the one after the last to accept.
+    first_listener: usize,
     conns: HashMap<usize, Conn>,
     next_token: usize,
     next_conn_id: u64,
@@ -341,6 +343,7 @@ pub fn serve(options: Options) -> Result<(), ServerError> {
         held_at_limit: false,
         limit_warned: None,
         inherited,
+        first_listener: 0,
         conns: HashMap::new(),
         next_token: 0,
         next_conn_id: 1,
@@ -477,7 +480,10 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => {
+                    self.first_listener = index + 1;
+                    self.admit(stream, peer);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => match e.raw_os_error().map(Errno::from_raw) {
@@ -563,9 +569,14 @@ impl Server {
         }
         self.accepting = true;
         // Connections may have queued while we were not listening; registering reports
-        // them, but trying at once costs nothing and does not depend on that.
-        for i in 0..self.listeners.len() {
-            self.accept(i);
+        // them, but trying at once costs nothing and does not depend on that. Held at
+        // max_connections, each closed session frees one slot: the listener after the one
+        // that took the last slot is tried first, so a client on [::1] does not wait behind
+        // a stream on 127.0.0.1.
+        let n = self.listeners.len();
+        let first = self.first_listener % n.max(1);
+        for k in 0..n {
+            self.accept((first + k) % n);
         }
     }
 

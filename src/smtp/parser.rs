@@ -210,9 +210,15 @@ impl std::error::Error for ParseError {}
 
 /// Parses one command line, its line end already removed (a trailing CR is tolerated).
 pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    // Blanks around the command are skipped, as Postfix's tokenizer skips them.
-    let line = trim_start(trim_end(line));
+    // Blanks and stray carriage returns around the command are skipped, as Postfix's
+    // tokenizer skips them.
+    let around = |b: &u8| is_blank(*b) || *b == b'\r';
+    let start = line.iter().position(|b| !around(b)).unwrap_or(line.len());
+    let end = line
+        .iter()
+        .rposition(|b| !around(b))
+        .map_or(start, |e| e + 1);
+    let line = &line[start..end];
     let (verb, args) = match line.iter().position(|&b| is_blank(b)) {
         Some(at) => (&line[..at], trim_start(&line[at..])),
         None => (line, &line[line.len()..]),
@@ -434,16 +440,16 @@ fn is_dsn_orcpt(value: &[u8]) -> bool {
     }
 }
 
-/// RFC 3461 §4: printable ASCII but `+` and `=`, with `+XX` (two upper-case hex digits)
-/// standing for any byte. Values are UTF-8 under SMTPUTF8 (RFC 6533 "utf-8-addr-xtext"), so
-/// non-ASCII bytes are taken as they come.
+/// RFC 3461 §4: printable ASCII but `+` and `=`, with `+XX` (two hex digits; upper case in
+/// the RFC, either case for Postfix's decoder, and for us) standing for any byte. Values are
+/// UTF-8 under SMTPUTF8 (RFC 6533 "utf-8-addr-xtext"), so non-ASCII bytes are taken as they
+/// come.
 fn is_xtext(value: &[u8]) -> bool {
     let mut i = 0;
     while i < value.len() {
         match value[i] {
             b'+' => {
-                let hex =
-                    |b: Option<&u8>| b.is_some_and(|&b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+                let hex = |b: Option<&u8>| b.is_some_and(u8::is_ascii_hexdigit);
                 if !(hex(value.get(i + 1)) && hex(value.get(i + 2))) {
                     return false;
                 }
@@ -662,6 +668,8 @@ mod tests {
             (b"QUIT now", Ok(Command::Quit)),
             (b" NOOP", Ok(Command::Noop)),
             (b"\tNOOP\r", Ok(Command::Noop)),
+            (b"\rQUIT", Ok(Command::Quit)),
+            (b"\r\r", Err(ParseError::Garbage)),
             (b"GET / HTTP/1.1", Ok(Command::Forbidden(NonSmtp::Http))),
             (b"post /x HTTP/1.0", Ok(Command::Forbidden(NonSmtp::Http))),
             (
@@ -830,6 +838,7 @@ mod tests {
             (b"MAIL FROM:<a@b> RET", Err(ParseError::BadParameter)),
             (b"MAIL FROM:<a@b> ENVID=a+2", Err(ParseError::BadParameter)),
             (b"MAIL FROM:<a@b> ENVID=a+zz", Err(ParseError::BadParameter)),
+            (b"MAIL FROM:<a@b> ENVID=a+2b", mail_cmd("a@b", NONE)),
             (b"MAIL FROM:<a@b> AUTH", Err(ParseError::BadParameter)),
             (
                 b"MAIL FROM:<a@b> X-UNKNOWN=1",
