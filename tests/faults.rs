@@ -105,7 +105,13 @@ fn bridge_fault(label: &str, fault: Behaviour, reason: &[&str], permanent: bool)
     let want: Vec<String> = (0..total).map(|i| i.to_string()).collect();
     assert_eq!(delivered(&bridge), want, "order, once each");
 
-    // The log: every retry at debug level, but one line per state change above it.
+    // The log: every retry at debug level, but one line per state change above it. The
+    // stderr copy is written at once, syslog's by the log thread a few milliseconds later:
+    // wait for its last line before counting.
+    assert!(
+        common::wait_until(SOON, || count(&syslog.at_most(6), "delivery resumed") >= 1),
+        "'delivery resumed' never reached syslog"
+    );
     let all = d.log_lines();
     let info: Vec<String> = syslog.at_most(6);
     let retries = count(&all, "status=deferred");
