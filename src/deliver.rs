@@ -228,7 +228,8 @@ fn run_pass(
     };
     // When the maildrop cannot be taken in (a full disk, no descriptors), what it holds
     // was still acknowledged: mail queued before the oldest of it can go out, mail queued
-    // after waits for it (delivery keeps order), and the maildrop is tried again soon.
+    // after waits for it (delivery keeps order) for a while, and the maildrop is tried
+    // again soon.
     let held_from = match spool.ingest_maildrop(config.max_message_size) {
         Ok(ingest) => {
             if ingest.accepted + ingest.refused > 0 {
@@ -240,25 +241,27 @@ fn run_pass(
             }
             None
         }
-        Err(e) => match spool.maildrop_left() {
-            Ok(left) if left.entries == 0 => {
-                log::error!("cannot ingest the maildrop: {e}");
-                None
+        Err(e) => {
+            let window = SystemTime::now()
+                .checked_sub(MAILDROP_HOLD_LIMIT)
+                .unwrap_or(UNIX_EPOCH);
+            match spool.maildrop_left(window) {
+                Ok(left) if left.entries == 0 => {
+                    log::error!("cannot ingest the maildrop: {e}");
+                    None
+                }
+                Ok(left) => maildrop_hold(&e, left),
+                // Not even its listing: what it holds may be as old as the hold allows.
+                Err(e2) => {
+                    log::error!(
+                        "cannot ingest the maildrop: {e}; nor list it: {e2}; retrying in {}",
+                        human(MAILDROP_RETRY)
+                    );
+                    Some(window)
+                }
             }
-            Ok(left) => maildrop_hold(&e, left),
-            // Not even its listing: whatever it holds may be older than anything queued.
-            Err(e2) => {
-                log::error!(
-                    "cannot ingest the maildrop: {e}; nor list it: {e2}; delivery waits for it; retrying in {}",
-                    human(MAILDROP_RETRY)
-                );
-                Some(UNIX_EPOCH)
-            }
-        },
+        }
     };
-    if held_from.is_none() {
-        *HOLD.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
     // Read before the listing: more than this at the end means mail came in after it.
     let queued_before = spool.queued_by_this_process();
     // Only the IDs up front: a pass blocked behind a waiting message reads one header, not
@@ -402,65 +405,45 @@ fn run_pass(
     Ok(pass)
 }
 
-/// A maildrop that could not be taken in, as this process saw it last.
-struct Hold {
-    /// When its oldest message was dropped off.
-    oldest: Option<SystemTime>,
-    /// Since when this process has held later mail behind it.
-    since: Instant,
-    /// When that was last logged at error level.
-    logged: Instant,
-    /// The hold was given up (logged once).
-    released: bool,
-}
-
-static HOLD: std::sync::Mutex<Option<Hold>> = std::sync::Mutex::new(None);
-
-/// Whether (and from when) mail queued after what `left` holds must wait for it. Order
-/// first, for [`MAILDROP_HOLD_LIMIT`]: a full disk that lasts (a message that needs more
-/// room than the disk will ever have, its copy beside it) must not stop every other message
-/// for good, so after that the rest goes out, the stuck ones once there is room, and the log
-/// says so. Logged at error level once per [`MAILDROP_HOLD_LIMIT`], not every retry.
+/// Whether (and from when) mail queued after what `left` holds must wait for it: behind
+/// the oldest message dropped off within the last [`MAILDROP_HOLD_LIMIT`]. Order first,
+/// then, for a message stuck longer (one that needs more room than the disk has, its copy
+/// beside it), liveness: the rest goes out ahead of it, which the log says. The limit is
+/// the stuck message's own age (its inode change time), not this process's memory, so it
+/// holds for `sendmail -q` from cron and across restarts alike, and nobody's mail waits
+/// longer than that behind anyone else's. Logged at error level once per stuck message
+/// and [`MAILDROP_HOLD_LIMIT`], not at every retry.
 fn maildrop_hold(error: &io::Error, left: crate::spool::MaildropLeft) -> Option<SystemTime> {
+    static LOGGED: std::sync::Mutex<Option<(Option<SystemTime>, Instant)>> =
+        std::sync::Mutex::new(None);
     let now = Instant::now();
-    let mut hold = HOLD.lock().unwrap_or_else(|p| p.into_inner());
-    let h = match &mut *hold {
-        Some(h) if h.oldest == left.oldest => h,
-        other => {
-            *other = Some(Hold {
-                oldest: left.oldest,
-                since: now,
-                logged: now,
-                released: false,
-            });
-            log::error!(
-                "cannot ingest the maildrop: {error}; {} message(s) ({} bytes) left in it, and mail queued after the oldest of them waits for it for up to {}; retrying every {}",
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh = match &*logged {
+        Some((key, at)) => {
+            *key != left.oldest_recent || now.duration_since(*at) >= MAILDROP_HOLD_LIMIT
+        }
+        None => true,
+    };
+    if fresh {
+        *logged = Some((left.oldest_recent, now));
+        match left.oldest_recent {
+            Some(_) => log::error!(
+                "cannot ingest the maildrop: {error}; {} message(s) ({} bytes) left in it; mail queued after the oldest of them waits for it for up to {} after it was dropped off; retrying every {}",
                 left.entries,
                 left.bytes,
                 human(MAILDROP_HOLD_LIMIT),
                 human(MAILDROP_RETRY)
-            );
-            return left.oldest;
+            ),
+            None => log::warn!(
+                "cannot ingest the maildrop: {error}; its {} message(s) have waited longer than {}: later mail goes out ahead of them; they follow once there is room",
+                left.entries,
+                human(MAILDROP_HOLD_LIMIT)
+            ),
         }
-    };
-    if now.duration_since(h.since) >= MAILDROP_HOLD_LIMIT {
-        if !h.released {
-            h.released = true;
-            log::warn!(
-                "the maildrop has not been taken in for {} ({error}): mail queued after its {} message(s) goes out ahead of them; they follow once there is room",
-                human(MAILDROP_HOLD_LIMIT),
-                left.entries
-            );
-        }
-        return None;
-    }
-    if now.duration_since(h.logged) >= MAILDROP_HOLD_LIMIT {
-        h.logged = now;
-        log::error!("cannot ingest the maildrop: {error}; still holding later mail");
     } else {
         log::debug!("cannot ingest the maildrop: {error}");
     }
-    left.oldest
+    left.oldest_recent
 }
 
 /// `t` rounded up to the microsecond, the precision the spool keeps, so that the time in the
@@ -921,29 +904,24 @@ fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, sha
 mod tests {
     use super::*;
 
-    /// Order first, but not for ever: after MAILDROP_HOLD_LIMIT the rest goes out.
+    /// Order first, but not for ever: only messages dropped off within the limit hold
+    /// later mail back.
     #[test]
     fn a_hold_behind_the_maildrop_ends_after_its_limit() {
+        let full = io::Error::from_raw_os_error(28);
+        let recent = SystemTime::now() - Duration::from_secs(5);
         let left = crate::spool::MaildropLeft {
-            entries: 1,
+            entries: 2,
             bytes: 10,
             oldest: Some(UNIX_EPOCH + Duration::from_secs(5)),
+            oldest_recent: Some(recent),
         };
-        let full = io::Error::from_raw_os_error(28);
-        assert_eq!(maildrop_hold(&full, left), left.oldest);
-        assert_eq!(maildrop_hold(&full, left), left.oldest);
-        if let Some(h) = HOLD.lock().unwrap().as_mut() {
-            h.since = h.since.checked_sub(MAILDROP_HOLD_LIMIT).unwrap();
-        }
-        assert_eq!(maildrop_hold(&full, left), None, "held past the limit");
-        assert_eq!(maildrop_hold(&full, left), None);
-        // Another message at the head of the maildrop is held for again.
-        let other = crate::spool::MaildropLeft {
-            oldest: Some(UNIX_EPOCH + Duration::from_secs(6)),
+        assert_eq!(maildrop_hold(&full, left), Some(recent));
+        let stale = crate::spool::MaildropLeft {
+            oldest_recent: None,
             ..left
         };
-        assert_eq!(maildrop_hold(&full, other), other.oldest);
-        *HOLD.lock().unwrap() = None;
+        assert_eq!(maildrop_hold(&full, stale), None, "held past the limit");
     }
 
     #[test]

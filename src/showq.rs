@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
@@ -280,7 +280,7 @@ pub fn queue_listing(spool: &Spool, max_size: u64) -> io::Result<(String, usize)
     let mut left = crate::spool::MaildropLeft::default();
     if let Some(e) = untaken {
         log::warn!("cannot take in the maildrop: {e}");
-        left = spool.maildrop_left().unwrap_or_default();
+        left = spool.maildrop_left(SystemTime::now()).unwrap_or_default();
         let _ = writeln!(
             text,
             "-- the maildrop could not be taken in ({}): its {} message(s) are not listed, but counted below",

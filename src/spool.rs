@@ -772,6 +772,8 @@ pub struct MaildropLeft {
     pub bytes: u64,
     /// When the oldest was dropped off.
     pub oldest: Option<SystemTime>,
+    /// When the oldest dropped off after the moment the caller gave was.
+    pub oldest_recent: Option<SystemTime>,
 }
 
 /// A queued message opened by [`Spool::open`].
@@ -1065,17 +1067,26 @@ impl Spool {
                 Ok(Ingested::Refused) => report.refused += 1,
                 Ok(Ingested::Gone) => {}
                 Err(e) => {
-                    // Out of space or the like: stop here, keep what is left for later, but
-                    // still finish what was already copied.
-                    failure = Some(e);
-                    break;
+                    // Out of space or the like: this one stays for later, and the others are
+                    // still tried, since a smaller one may fit (whoever names the big one
+                    // `0-…` must not hold back everyone's mail behind it). The first error
+                    // is the one reported.
+                    log::debug!("maildrop entry {}: {e}", escape(name.as_bytes()));
+                    failure.get_or_insert(e);
                 }
             }
         }
         if !moved.is_empty() {
             fsync_dir(&self.queue_dir())?;
             for path in &moved {
-                remove_if_exists(path)?;
+                // Copied and durable: one entry its owner swapped for a directory meanwhile
+                // must not leave the others behind to be taken in again.
+                if let Err(e) = remove_if_exists(path) {
+                    log::warn!(
+                        "maildrop entry {} was taken in but cannot be removed: {e}",
+                        escape(path.file_name().map_or(&[][..], |n| n.as_bytes()))
+                    );
+                }
             }
             fsync_dir(&dir)?;
             // What was taken in now waits in the queue: mail submitted from here on must
@@ -1098,10 +1109,11 @@ impl Spool {
     }
 
     /// What `maildrop/` still holds after a failed [`Spool::ingest_maildrop`]: how many
-    /// entries, their bytes, and when the oldest was dropped off (its inode change time,
-    /// which the rename into `maildrop/` set and its owner cannot choose; `sendmail`
-    /// acknowledged it after that). Mail queued after that moment must wait for it.
-    pub fn maildrop_left(&self) -> io::Result<MaildropLeft> {
+    /// entries, their bytes, when the oldest was dropped off (its inode change time, which
+    /// the rename into `maildrop/` set and its owner cannot move back; `sendmail`
+    /// acknowledged it after that), and when the oldest dropped off after `recent_after` was.
+    /// Mail queued after such a moment must wait for that message.
+    pub fn maildrop_left(&self, recent_after: SystemTime) -> io::Result<MaildropLeft> {
         let dir = self.maildrop_dir();
         let mut left = MaildropLeft::default();
         let names = match read_names(&dir) {
@@ -1127,10 +1139,14 @@ impl Spool {
             ));
             left.entries += 1;
             left.bytes += meta.len();
-            left.oldest = match (left.oldest, changed) {
+            let earlier = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            left.oldest = earlier(left.oldest, changed);
+            if changed.is_some_and(|c| c > recent_after) {
+                left.oldest_recent = earlier(left.oldest_recent, changed);
+            }
         }
         Ok(left)
     }
@@ -1235,17 +1251,37 @@ impl Spool {
             Ok(header) => header,
             Err(e) => return self.set_aside(&path, &shown, &e.to_string()),
         };
-        // A copy that cannot fit is not begun: it would fill the file system to its last
-        // block, for every other program too, at each retry until there is room.
-        if let Ok(fs) = nix::sys::statvfs::statvfs(&self.queue_dir()) {
-            let free = fs.blocks_available().saturating_mul(fs.fragment_size());
-            if fmeta.len().saturating_add(header.len() as u64) > free {
-                return Err(io::Error::from_raw_os_error(Errno::ENOSPC as i32));
-            }
+        // A copy that did not fit is not begun again until the file system says there is room
+        // for it: each retry would fill it to its last block, for every other program too.
+        // (Only after a real failure: what statvfs says is an estimate on some file systems,
+        // and nothing at all on an unlimited tmpfs.)
+        let key = (fmeta.dev(), fmeta.ino());
+        let needed = fmeta
+            .len()
+            .saturating_sub(header_len)
+            .saturating_add(header.len() as u64);
+        if did_not_fit(key, None) && !has_room(&self.queue_dir(), needed) {
+            return Err(io::Error::from_raw_os_error(Errno::ENOSPC as i32));
         }
-        let mut writer =
-            SpoolWriter::start_with(&self.queue_dir(), Area::Queue, header, preferred)?;
-        let copied = io::copy(&mut reader.take(max_size.saturating_add(1)), &mut writer)?;
+        let copy = || -> io::Result<(SpoolWriter, u64)> {
+            let mut writer =
+                SpoolWriter::start_with(&self.queue_dir(), Area::Queue, header, preferred)?;
+            let copied = io::copy(&mut reader.take(max_size.saturating_add(1)), &mut writer)?;
+            Ok((writer, copied))
+        };
+        let (writer, copied) = match copy() {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(
+                    e.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::ENOSPC | Errno::EDQUOT)
+                ) {
+                    did_not_fit(key, Some(true));
+                }
+                return Err(e);
+            }
+        };
+        did_not_fit(key, Some(false));
         if copied > max_size {
             drop(writer);
             return self.set_aside(
@@ -1835,6 +1871,37 @@ enum Ingested {
     Gone,
 }
 
+/// Maildrop entries (device, inode) whose copy into `queue/` ran out of space: asked with
+/// `None`, whether `key` is one; with `Some(true)` or `Some(false)`, records or forgets it.
+/// At most a few dozen are kept: forgetting one only costs one more attempt.
+fn did_not_fit(key: (u64, u64), set: Option<bool>) -> bool {
+    static KEYS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    let known = keys.contains(&key);
+    match set {
+        Some(true) if !known => {
+            if keys.len() >= 64 {
+                keys.remove(0);
+            }
+            keys.push(key);
+        }
+        Some(false) if known => keys.retain(|k| *k != key),
+        _ => {}
+    }
+    known
+}
+
+/// Whether the file system of `dir` says `bytes` fit. A file system that reports no size
+/// at all (an unlimited tmpfs) or cannot be asked is taken at its word: yes.
+fn has_room(dir: &Path, bytes: u64) -> bool {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(fs) if fs.blocks() > 0 => {
+            fs.blocks_available().saturating_mul(fs.fragment_size()) >= bytes
+        }
+        _ => true,
+    }
+}
+
 /// Opens a file someone else may have put there, for reading: never through a link, never
 /// waiting (a FIFO, a lease), never as a controlling terminal. The caller checks what it got.
 fn open_untrusted(path: &Path) -> io::Result<File> {
@@ -1892,7 +1959,8 @@ fn refusal(meta: &fs::Metadata) -> Option<String> {
 fn is_the_files_fault(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error().map(Errno::from_raw),
-        Some(Errno::ELOOP | Errno::EACCES | Errno::EPERM)
+        // ENXIO: a socket renamed over the entry between the lstat and the open.
+        Some(Errno::ELOOP | Errno::EACCES | Errno::EPERM | Errno::ENXIO)
     )
 }
 
@@ -1902,7 +1970,7 @@ mod open_error_tests {
 
     #[test]
     fn maildrop_open_errors_of_the_system_never_set_mail_aside() {
-        for errno in [Errno::ELOOP, Errno::EACCES, Errno::EPERM] {
+        for errno in [Errno::ELOOP, Errno::EACCES, Errno::EPERM, Errno::ENXIO] {
             assert!(is_the_files_fault(&io::Error::from(errno)), "{errno}");
         }
         for errno in [

@@ -457,11 +457,42 @@ fn a_maildrop_message_that_cannot_be_taken_in_is_not_overtaken() {
     let listing = String::from_utf8_lossy(&mailq.stdout);
     assert!(listing.contains("could not be taken in"), "{listing}");
     assert!(listing.trim_end().ends_with("in 3 Requests."), "{listing}");
+    // D, another small message from a user, is dropped off behind A: it is taken in (it
+    // fits; a big message sorting first must not hold everyone's maildrop mail back), and
+    // waits in the queue behind A.
+    let mut cmd = Command::new(common::sendmail_bin());
+    cmd.args(["-i", "root"])
+        .env("SMTP_BRIDGE_CONFIG", &config)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(USER + 1)
+        .gid(USER + 1);
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: fault msg 3 .\n\nd\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = || Spool::new(&spool).ids().map_or(0, |ids| ids.len());
+    assert!(
+        common::wait_until(SOON, || queued() == 3),
+        "D was not taken in beside A: {} queued",
+        queued()
+    );
+    assert_eq!(delivered(&bridge), Vec::<String>::new(), "D overtook A");
 
     // Room again: A goes first, without anyone nudging the daemon.
     std::fs::remove_file(&filler).unwrap();
-    bridge.wait_for(3, SOON);
-    assert_eq!(delivered(&bridge), ["A", "1", "2"]);
+    bridge.wait_for(4, SOON);
+    assert_eq!(delivered(&bridge), ["A", "1", "2", "3"]);
     let log = d.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -1283,3 +1283,29 @@ fn the_maildrop_mark_hands_over_to_the_backlog() {
         "an empty directory named like the mark stays"
     );
 }
+
+/// What a failed ingestion leaves: regular files only, and the oldest one dropped off after
+/// a given moment (the hold's window), apart from the oldest of all.
+#[test]
+fn maildrop_left_counts_messages_and_the_oldest_within_a_window() {
+    let dir = TestDir::new("spool-left");
+    let spool = prepared(&dir);
+    let now = std::time::SystemTime::now();
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(spool.maildrop_left(now).unwrap().entries, 0);
+    drop_message(&spool, &envelope("s@x", &["r@x"]), b"one");
+    drop_message(&spool, &envelope("s@x", &["r@x"]), b"two");
+    fs::create_dir(spool.root().join("maildrop").join("not-a-message")).unwrap();
+    let left = spool.maildrop_left(now - hour).unwrap();
+    assert_eq!(left.entries, 2, "{left:?}");
+    assert!(left.bytes > 6, "{left:?}");
+    assert!(
+        left.oldest.is_some() && left.oldest == left.oldest_recent,
+        "{left:?}"
+    );
+    let left = spool.maildrop_left(now + hour).unwrap();
+    assert_eq!((left.entries, left.oldest_recent), (2, None), "{left:?}");
+    // A spool whose maildrop is gone holds nothing.
+    fs::remove_dir_all(spool.root().join("maildrop")).unwrap();
+    assert_eq!(spool.maildrop_left(now).unwrap().entries, 0);
+}
