@@ -230,6 +230,7 @@ fn run_pass(
     // was still acknowledged: mail queued before the oldest of it can go out, mail queued
     // after waits for it (delivery keeps order) for a while, and the maildrop is tried
     // again soon.
+    let mut maildrop_stuck = false;
     let held_from = match spool.ingest_maildrop(config.max_message_size) {
         Ok(ingest) => {
             if ingest.accepted + ingest.refused > 0 {
@@ -250,9 +251,13 @@ fn run_pass(
                     log::error!("cannot ingest the maildrop: {e}");
                     None
                 }
-                Ok(left) => maildrop_hold(&e, left),
+                Ok(left) => {
+                    maildrop_stuck = true;
+                    maildrop_hold(&e, left)
+                }
                 // Not even its listing: what it holds may be as old as the hold allows.
                 Err(e2) => {
+                    maildrop_stuck = true;
                     log::error!(
                         "cannot ingest the maildrop: {e}; nor list it: {e2}; retrying in {}",
                         human(MAILDROP_RETRY)
@@ -390,8 +395,9 @@ fn run_pass(
         break;
     }
     removals.sync()?;
-    if held_from.is_some() {
-        // Try the maildrop again soon, whatever else waits (or not).
+    if maildrop_stuck {
+        // Try the maildrop again soon, whatever else waits (or not), held or not: what is
+        // left there goes out as soon as there is room.
         let retry = SystemTime::now() + MAILDROP_RETRY;
         pass.report.next_due = Some(pass.report.next_due.map_or(retry, |at| at.min(retry)));
     }
