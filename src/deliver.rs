@@ -230,8 +230,7 @@ fn run_pass(
     // was still acknowledged: mail queued before the oldest of it can go out, mail queued
     // after waits for it (delivery keeps order) for a while, and the maildrop is tried
     // again soon.
-    let mut maildrop_stuck = false;
-    let held_from = match spool.ingest_maildrop(config.max_message_size) {
+    let (maildrop_stuck, held_from) = match spool.ingest_maildrop(config.max_message_size) {
         Ok(ingest) => {
             if ingest.accepted + ingest.refused > 0 {
                 log::debug!(
@@ -240,32 +239,9 @@ fn run_pass(
                     ingest.refused
                 );
             }
-            None
+            (false, None)
         }
-        Err(e) => {
-            let window = SystemTime::now()
-                .checked_sub(MAILDROP_HOLD_LIMIT)
-                .unwrap_or(UNIX_EPOCH);
-            match spool.maildrop_left(window) {
-                Ok(left) if left.entries == 0 => {
-                    log::error!("cannot ingest the maildrop: {e}");
-                    None
-                }
-                Ok(left) => {
-                    maildrop_stuck = true;
-                    maildrop_hold(&e, left)
-                }
-                // Not even its listing: what it holds may be as old as the hold allows.
-                Err(e2) => {
-                    maildrop_stuck = true;
-                    log::error!(
-                        "cannot ingest the maildrop: {e}; nor list it: {e2}; retrying in {}",
-                        human(MAILDROP_RETRY)
-                    );
-                    Some(window)
-                }
-            }
-        }
+        Err(e) => maildrop_hold(&spool, &e, SystemTime::now()),
     };
     // Read before the listing: more than this at the end means mail came in after it.
     let queued_before = spool.queued_by_this_process();
@@ -411,27 +387,41 @@ fn run_pass(
     Ok(pass)
 }
 
-/// Whether (and from when) mail queued after what `left` holds must wait for it: behind
-/// the oldest message dropped off within the last [`MAILDROP_HOLD_LIMIT`]. Order first,
-/// then, for a message stuck longer (one that needs more room than the disk has, its copy
-/// beside it), liveness: the rest goes out ahead of it, which the log says. The limit is
-/// the stuck message's own age (its inode change time), not this process's memory, so it
-/// holds for `sendmail -q` from cron and across restarts alike, and nobody's mail waits
-/// longer than that behind anyone else's. Logged at error level once per stuck message
-/// and [`MAILDROP_HOLD_LIMIT`], not at every retry.
-fn maildrop_hold(error: &io::Error, left: crate::spool::MaildropLeft) -> Option<SystemTime> {
+/// What an ingestion that failed with `error` at `now` means for this pass: whether the
+/// maildrop still holds messages (it is then tried again soon), and from when mail queued
+/// later waits for them: behind the oldest message dropped off within the last
+/// [`MAILDROP_HOLD_LIMIT`]. Order first, then, for a message stuck longer (one that needs
+/// more room than the disk has, its copy beside it), liveness: the rest goes out ahead of
+/// it, which the log says. The limit is the stuck message's own age (its inode change
+/// time), not this process's memory, so it holds for `sendmail -q` from cron and across
+/// restarts alike, and nobody's mail waits longer than that behind anyone else's. Logged at
+/// error level once per stuck message and [`MAILDROP_HOLD_LIMIT`], not at every retry.
+fn maildrop_hold(spool: &Spool, error: &io::Error, now: SystemTime) -> (bool, Option<SystemTime>) {
     static LOGGED: std::sync::Mutex<Option<(Option<SystemTime>, Instant)>> =
         std::sync::Mutex::new(None);
-    let now = Instant::now();
-    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
-    let fresh = match &*logged {
-        Some((key, at)) => {
-            *key != left.oldest_recent || now.duration_since(*at) >= MAILDROP_HOLD_LIMIT
+    let window = now.checked_sub(MAILDROP_HOLD_LIMIT).unwrap_or(UNIX_EPOCH);
+    let left = match spool.maildrop_left(window) {
+        Ok(left) if left.entries == 0 => {
+            log::error!("cannot ingest the maildrop: {error}");
+            return (false, None);
         }
-        None => true,
+        Ok(left) => left,
+        // Not even its listing: what it holds may be as old as the hold allows.
+        Err(e) => {
+            log::error!(
+                "cannot ingest the maildrop: {error}; nor list it: {e}; retrying in {}",
+                human(MAILDROP_RETRY)
+            );
+            return (true, Some(window));
+        }
     };
+    let at = Instant::now();
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    let fresh = logged.is_none_or(|(key, last)| {
+        key != left.oldest_recent || at.duration_since(last) >= MAILDROP_HOLD_LIMIT
+    });
     if fresh {
-        *logged = Some((left.oldest_recent, now));
+        *logged = Some((left.oldest_recent, at));
         match left.oldest_recent {
             Some(_) => log::error!(
                 "cannot ingest the maildrop: {error}; {} message(s) ({} bytes) left in it; mail queued after the oldest of them waits for it for up to {} after it was dropped off; retrying every {}",
@@ -449,7 +439,7 @@ fn maildrop_hold(error: &io::Error, left: crate::spool::MaildropLeft) -> Option<
     } else {
         log::debug!("cannot ingest the maildrop: {error}");
     }
-    left.oldest_recent
+    (true, left.oldest_recent)
 }
 
 /// `t` rounded up to the microsecond, the precision the spool keeps, so that the time in the
@@ -910,24 +900,48 @@ fn run_thread(mut config: Config, poll: Duration, inbox: &Receiver<Command>, sha
 mod tests {
     use super::*;
 
-    /// Order first, but not for ever: only messages dropped off within the limit hold
-    /// later mail back.
+    /// Order first, but not for ever: a message stuck in the maildrop holds later mail back
+    /// for MAILDROP_HOLD_LIMIT after it was dropped off, then no more; the maildrop is
+    /// tried again soon either way, and an empty one holds nothing.
     #[test]
     fn a_hold_behind_the_maildrop_ends_after_its_limit() {
+        let dir = std::env::temp_dir().join(format!("smtp_bridge-hold-{}", std::process::id()));
+        let spool = Spool::new(&dir);
+        spool.prepare(None).unwrap();
+        let envelope = crate::envelope::Envelope {
+            sender: "user@host".into(),
+            recipients: vec!["root".into()],
+            origin: crate::envelope::Origin::Local {
+                uid: 1000,
+                user: "user".into(),
+                full_name: None,
+            },
+            arrival: SystemTime::now(),
+        };
+        let mut writer = spool.create_maildrop(&envelope).unwrap();
+        std::io::Write::write_all(&mut writer, b"Subject: stuck\n\nx\n").unwrap();
+        writer.commit_file().unwrap();
         let full = io::Error::from_raw_os_error(28);
-        let recent = SystemTime::now() - Duration::from_secs(5);
-        let left = crate::spool::MaildropLeft {
-            entries: 2,
-            bytes: 10,
-            oldest: Some(UNIX_EPOCH + Duration::from_secs(5)),
-            oldest_recent: Some(recent),
-        };
-        assert_eq!(maildrop_hold(&full, left), Some(recent));
-        let stale = crate::spool::MaildropLeft {
-            oldest_recent: None,
-            ..left
-        };
-        assert_eq!(maildrop_hold(&full, stale), None, "held past the limit");
+        let now = SystemTime::now();
+        let soon = maildrop_hold(&spool, &full, now);
+        let later = maildrop_hold(
+            &spool,
+            &full,
+            now + MAILDROP_HOLD_LIMIT + Duration::from_secs(1),
+        );
+        for entry in std::fs::read_dir(dir.join("maildrop")).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        let empty = maildrop_hold(&spool, &full, now);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (stuck, held_from) = soon;
+        assert!(stuck);
+        assert!(
+            held_from.is_some_and(|t| t <= now && t > now - MAILDROP_HOLD_LIMIT),
+            "{soon:?}"
+        );
+        assert_eq!(later, (true, None), "held past the limit");
+        assert_eq!(empty, (false, None));
     }
 
     #[test]

@@ -770,8 +770,6 @@ pub struct MaildropLeft {
     pub entries: usize,
     /// Their sizes added up.
     pub bytes: u64,
-    /// When the oldest was dropped off.
-    pub oldest: Option<SystemTime>,
     /// When the oldest dropped off after the moment the caller gave was.
     pub oldest_recent: Option<SystemTime>,
 }
@@ -1109,10 +1107,10 @@ impl Spool {
     }
 
     /// What `maildrop/` still holds after a failed [`Spool::ingest_maildrop`]: how many
-    /// entries, their bytes, when the oldest was dropped off (its inode change time, which
-    /// the rename into `maildrop/` set and its owner cannot move back; `sendmail`
-    /// acknowledged it after that), and when the oldest dropped off after `recent_after` was.
-    /// Mail queued after such a moment must wait for that message.
+    /// entries, their bytes, and when the oldest dropped off after `recent_after` was (its
+    /// inode change time, which the rename into `maildrop/` set and its owner cannot move
+    /// back; `sendmail` acknowledged it after that). Mail queued after that moment must
+    /// wait for that message.
     pub fn maildrop_left(&self, recent_after: SystemTime) -> io::Result<MaildropLeft> {
         let dir = self.maildrop_dir();
         let mut left = MaildropLeft::default();
@@ -1139,13 +1137,8 @@ impl Spool {
             ));
             left.entries += 1;
             left.bytes += meta.len();
-            let earlier = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            left.oldest = earlier(left.oldest, changed);
-            if changed.is_some_and(|c| c > recent_after) {
-                left.oldest_recent = earlier(left.oldest_recent, changed);
+            if let Some(changed) = changed.filter(|c| *c > recent_after) {
+                left.oldest_recent = Some(left.oldest_recent.map_or(changed, |o| o.min(changed)));
             }
         }
         Ok(left)

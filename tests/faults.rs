@@ -202,14 +202,19 @@ fn bridge_resetting_mid_response() {
 /// Runs the shim (`sendmail -i root`) on `config` with `message` on stdin, as nobody when
 /// asked. Returns its exit code and stderr.
 fn shim(config: &Path, message: &str, as_nobody: bool) -> (Option<i32>, String) {
+    shim_as(config, message, as_nobody.then_some((NOBODY, NOGROUP)))
+}
+
+/// [`shim`] as the user and group `as_user` (or as ourselves).
+fn shim_as(config: &Path, message: &str, as_user: Option<(u32, u32)>) -> (Option<i32>, String) {
     let mut cmd = Command::new(common::sendmail_bin());
     cmd.args(["-i", "root"])
         .env("SMTP_BRIDGE_CONFIG", config)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if as_nobody {
-        cmd.uid(NOBODY).gid(NOGROUP);
+    if let Some((uid, gid)) = as_user {
+        cmd.uid(uid).gid(gid);
     }
     let mut child = cmd.spawn().expect("run sendmail");
     child
@@ -263,6 +268,35 @@ fn spool_files(spool: &Path) -> Vec<String> {
 /// A tmpfs mounted for the test, lazily unmounted on drop.
 struct Mount(std::path::PathBuf);
 
+/// Mounts a tmpfs of `size` (e.g. `2m`) on `path`, a new directory.
+fn tmpfs(path: &Path, size: &str) -> Mount {
+    std::fs::create_dir(path).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=755"),
+            "none",
+        ])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a {size} tmpfs (needs root)");
+    Mount(path.to_path_buf())
+}
+
+/// Fills the file system of `path` with that file, then gives back `free` bytes of it.
+fn fill_but(path: &Path, free: u64) {
+    let size = fill(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(size.saturating_sub(free))
+        .unwrap();
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -305,14 +339,7 @@ fn full_file_system_answers_452_and_recovers_when_space_returns() {
     let dir = TestDir::new("f-full");
     let bridge = StandInBridge::start();
     let spool = dir.join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m,mode=755", "none"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount a 2 MiB tmpfs (needs root)");
-    let _mount = Mount(spool.clone());
+    let _mount = tmpfs(&spool, "2m");
     let port = common::free_port();
     let config = common::write_config(
         &dir.path,
@@ -325,13 +352,7 @@ fn full_file_system_answers_452_and_recovers_when_space_returns() {
 
     // Full in the middle of a message: 1 MiB with about 600 KiB free.
     let filler = spool.join("filler");
-    let size = fill(&filler);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap()
-        .set_len(size.saturating_sub(600 << 10))
-        .unwrap();
+    fill_but(&filler, 600 << 10);
     let mut c = d.client().unwrap();
     let line = format!("{}\r\n", "y".repeat(78));
     refused_452(
@@ -386,14 +407,7 @@ fn a_maildrop_message_that_cannot_be_taken_in_is_not_overtaken() {
     let bridge = StandInBridge::start();
     bridge.set_behaviour(Behaviour::Down);
     let spool = dir.join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m,mode=755", "none"])
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount a 4 MiB tmpfs (needs root)");
-    let _mount = Mount(spool.clone());
+    let _mount = tmpfs(&spool, "4m");
     let port = common::free_port();
     let config = common::write_config(
         &dir.path,
@@ -405,42 +419,22 @@ fn a_maildrop_message_that_cannot_be_taken_in_is_not_overtaken() {
     // About 1 MiB free; A, 700 KB from an ordinary user, fits in the maildrop once, and its
     // copy into queue/ does not fit beside it.
     let filler = spool.join("filler");
-    let size = fill(&filler);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap()
-        .set_len(size.saturating_sub(1 << 20))
-        .unwrap();
+    fill_but(&filler, 1 << 20);
     let body = format!("{}\n", "a".repeat(69)).repeat(10_000);
-    let mut cmd = Command::new(common::sendmail_bin());
-    cmd.args(["-i", "root"])
-        .env("SMTP_BRIDGE_CONFIG", &config)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .uid(USER)
-        .gid(USER);
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(format!("Subject: fault msg A .\n\n{body}").as_bytes())
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, err) = shim_as(
+        &config,
+        &format!("Subject: fault msg A .\n\n{body}"),
+        Some((USER, USER)),
     );
+    assert_eq!(code, Some(0), "{err}");
     d.wait_log("cannot ingest the maildrop", SOON);
 
     // B, by SMTP after A was acknowledged: it fits, and must wait for A.
     send(&d, 1);
     bridge.set_behaviour(Behaviour::Accept);
-    d.signal(nix::sys::signal::Signal::SIGHUP); // a reload tries what waits at once
-                                                // The maildrop is tried again every few seconds, nudged or not; each such pass has ended
-                                                // before the next begins.
+    // A reload tries what waits at once; the maildrop is tried again every few seconds,
+    // nudged or not, and each such pass has ended before the next begins.
+    d.signal(nix::sys::signal::Signal::SIGHUP);
     d.wait_log_count("cannot ingest the maildrop", 3, SOON);
     assert_eq!(delivered(&bridge), Vec::<String>::new(), "B overtook A");
     // C, root's sendmail: the backlog is still marked, so C queues behind A too.
@@ -460,27 +454,12 @@ fn a_maildrop_message_that_cannot_be_taken_in_is_not_overtaken() {
     // D, another small message from a user, is dropped off behind A: it is taken in (it
     // fits; a big message sorting first must not hold everyone's maildrop mail back), and
     // waits in the queue behind A.
-    let mut cmd = Command::new(common::sendmail_bin());
-    cmd.args(["-i", "root"])
-        .env("SMTP_BRIDGE_CONFIG", &config)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .uid(USER + 1)
-        .gid(USER + 1);
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: fault msg 3 .\n\nd\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, err) = shim_as(
+        &config,
+        "Subject: fault msg 3 .\n\nd\n",
+        Some((USER + 1, USER + 1)),
     );
+    assert_eq!(code, Some(0), "{err}");
     let queued = || Spool::new(&spool).ids().map_or(0, |ids| ids.len());
     assert!(
         common::wait_until(SOON, || queued() == 3),
