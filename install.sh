@@ -22,6 +22,10 @@ MANIFEST=$STATE_DIR/install.manifest
 PIDFILE=/run/smtp_bridge.pid
 UNIT_DIR=/etc/systemd/system
 SAVED_SUFFIX=.smtp_bridge-saved
+# The daemon's own system user (and group), created when the configuration names it and it
+# does not exist yet: a fresh configuration does. Nobody else runs as it, so no other
+# process can read or change the queued mail (nobody, the built-in default, is shared).
+DAEMON_USER=smtp_bridge
 # The system paths that --replace-sendmail takes over (Postfix's places on Debian).
 SENDMAIL_PATHS="/usr/sbin/sendmail /usr/lib/sendmail /usr/bin/mailq /usr/bin/newaliases"
 
@@ -132,6 +136,8 @@ staged() { [ -n "$DESTDIR" ]; }
 #   saved P S   P was moved aside to S
 #   diverted P  P was diverted with dpkg-divert
 #   unit U      we installed the systemd unit U
+#   user U      we created the system user U
+#   group G     we created the group G (with that user)
 
 TAB=$(printf '\t')
 
@@ -225,6 +231,9 @@ load_settings() {
 	/*) ;;
 	*) die "spool_dir must be an absolute path: $SPOOL" ;;
 	esac
+	if [ "$USER_NAME" = "$DAEMON_USER" ]; then
+		create_user
+	fi
 	if ! staged; then
 		id -u "$USER_NAME" >/dev/null 2>&1 || die "user $USER_NAME (username in $CONF) does not exist"
 		if ! getent group "$GROUP_NAME" >/dev/null 2>&1; then
@@ -232,6 +241,37 @@ load_settings() {
 			GROUP_NAME=$(id -gn "$USER_NAME")
 		fi
 	fi
+}
+
+# The configuration a fresh install gets: the example, with the daemon's own user and group
+# instead of the built-in nobody:nogroup.
+fresh_config() {
+	sed -e "s/^#username = \"nobody\"\$/username = \"$DAEMON_USER\"/" \
+		-e "s/^#group = \"nogroup\"\$/group = \"$DAEMON_USER\"/" \
+		"$SRC_DIR/smtp_bridge.conf.example"
+}
+
+# Creates the daemon's system user when missing, as Debian's Postfix has its postfix user:
+# no password, no login shell, the spool as its home (not created here), and a group of its
+# own unless the configuration's group exists already.
+create_user() {
+	cu_args="--system --no-create-home --home-dir $SPOOL --shell /usr/sbin/nologin"
+	if staged; then
+		would "useradd $cu_args --user-group $DAEMON_USER (unless it exists)"
+		return 0
+	fi
+	id -u "$DAEMON_USER" >/dev/null 2>&1 && return 0
+	command -v useradd >/dev/null 2>&1 ||
+		die "useradd not found: create the system user $DAEMON_USER, or name another user in $CONF"
+	# shellcheck disable=SC2086 # the options are words
+	if getent group "$GROUP_NAME" >/dev/null 2>&1; then
+		useradd $cu_args --gid "$GROUP_NAME" --comment "smtp_bridge daemon" "$DAEMON_USER"
+	else
+		useradd $cu_args --user-group --comment "smtp_bridge daemon" "$DAEMON_USER"
+		record group "$DAEMON_USER"
+	fi
+	record user "$DAEMON_USER"
+	say "created the system user $DAEMON_USER"
 }
 
 # ---- install ---------------------------------------------------------------------------
@@ -283,10 +323,10 @@ install_files() {
 		say "keeping the existing $DESTDIR$CONF"
 	else
 		make_dir "$(dirname "$CONF")" 0755
-		cp "$SRC_DIR/smtp_bridge.conf.example" "$DESTDIR$CONF"
+		fresh_config >"$DESTDIR$CONF"
 		chmod 0644 "$DESTDIR$CONF"
 		record conf "$CONF"
-		say "installed $DESTDIR$CONF from smtp_bridge.conf.example"
+		say "installed $DESTDIR$CONF from smtp_bridge.conf.example (username and group $DAEMON_USER)"
 	fi
 }
 
@@ -560,12 +600,13 @@ do_uninstall() {
 	fi
 	for conf in $(entries conf); do
 		example=$SRC_DIR/smtp_bridge.conf.example
-		if [ -f "$DESTDIR$conf" ] && [ -f "$example" ] && cmp -s "$example" "$DESTDIR$conf"; then
+		if [ -f "$DESTDIR$conf" ] && [ -f "$example" ] && fresh_config | cmp -s - "$DESTDIR$conf"; then
 			rm -f "$DESTDIR$conf"
 		else
 			say "keeping $DESTDIR$conf: it was changed after installation"
 		fi
 	done
+	kept_spool=
 	for spool in $(entries spool); do
 		[ -d "$DESTDIR$spool" ] || continue
 		case $spool in
@@ -581,8 +622,25 @@ do_uninstall() {
 				! -name '*.reason' 2>/dev/null | wc -l)
 			say "keeping $DESTDIR$spool: $waiting message(s) were still waiting and $failed in failed/
   (to deliver waiting mail before uninstalling: sendmail -q, with the bridge up)"
+			kept_spool=$spool
 		fi
 	done
+	# The user we created goes too, unless it still owns a spool kept above.
+	for user in $(entries user); do
+		if [ -n "$kept_spool" ]; then
+			say "keeping the system user $user: it owns $kept_spool (userdel $user once that is dealt with)"
+		elif ! userdel "$user"; then
+			say "could not remove the system user $user (userdel $user)"
+		fi
+	done
+	if [ -z "$kept_spool" ]; then
+		for group in $(entries group); do
+			# userdel takes a user's own group with it where USERGROUPS_ENAB says so.
+			if getent group "$group" >/dev/null 2>&1 && ! groupdel "$group"; then
+				say "could not remove the group $group (groupdel $group)"
+			fi
+		done
+	fi
 	rm -f "$DESTDIR$STATE_DIR/pending-actions"
 	dirs=$(entries dir)
 	rm -f "$DESTDIR$MANIFEST"

@@ -97,7 +97,8 @@ else
 		grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
 	DEPENDS="libc6 (>= $glibc), libgcc-s1"
 fi
-DEPENDS="$DEPENDS, init-system-helpers (>= 1.54~)"
+# passwd: postinst creates the daemon's system user with useradd.
+DEPENDS="$DEPENDS, init-system-helpers (>= 1.54~), passwd"
 
 mkdir -p "$ROOT/DEBIAN"
 SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
