@@ -326,6 +326,9 @@ fn prepare_spool(config: &Config, target: Option<&Target>) -> Result<(), Failure
     spool
         .prepare(target.map(|t| (t.uid, t.gid)))
         .map_err(Failure::Spool)?;
+    if let Some(warning) = spool.journal_warning() {
+        log::warn!("{warning}");
+    }
     // New mail sorts after what waits, even if the clock went back since it was queued.
     if let Some(newest) = spool.ids().map_err(Failure::Spool)?.last() {
         QueueId::continue_after(newest);

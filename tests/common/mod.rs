@@ -22,6 +22,15 @@ pub struct Received {
     pub reply: String,
     /// The whole PUT body as sent (pure ASCII, or it would have been rejected).
     pub body: String,
+    /// When it was accepted: CLOCK_MONOTONIC in nanoseconds, comparable across processes.
+    pub at_ns: u64,
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock other processes can stamp with too.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("clock_gettime(CLOCK_MONOTONIC)");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 /// How the stand-in bridge answers.
@@ -328,6 +337,7 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
                 name,
                 reply,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                at_ns: monotonic_ns(),
             });
             respond(&mut stream, 200, "");
         }
