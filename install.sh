@@ -255,23 +255,50 @@ fresh_config() {
 # no password, no login shell, the spool as its home (not created here), and a group of its
 # own unless the configuration's group exists already.
 create_user() {
-	cu_args="--system --no-create-home --home-dir $SPOOL --shell /usr/sbin/nologin"
 	if staged; then
-		would "useradd $cu_args --user-group $DAEMON_USER (unless it exists)"
+		would "useradd --system --no-create-home --home-dir $SPOOL --shell /usr/sbin/nologin" \
+			"(--gid $GROUP_NAME if that group exists, else --user-group) $DAEMON_USER, unless it exists"
 		return 0
 	fi
 	id -u "$DAEMON_USER" >/dev/null 2>&1 && return 0
 	command -v useradd >/dev/null 2>&1 ||
 		die "useradd not found: create the system user $DAEMON_USER, or name another user in $CONF"
-	# shellcheck disable=SC2086 # the options are words
 	if getent group "$GROUP_NAME" >/dev/null 2>&1; then
-		useradd $cu_args --gid "$GROUP_NAME" --comment "smtp_bridge daemon" "$DAEMON_USER"
+		useradd --system --no-create-home --home-dir "$SPOOL" --shell /usr/sbin/nologin \
+			--gid "$GROUP_NAME" --comment "smtp_bridge daemon" "$DAEMON_USER"
 	else
-		useradd $cu_args --user-group --comment "smtp_bridge daemon" "$DAEMON_USER"
+		useradd --system --no-create-home --home-dir "$SPOOL" --shell /usr/sbin/nologin \
+			--user-group --comment "smtp_bridge daemon" "$DAEMON_USER"
 		record group "$DAEMON_USER"
 	fi
 	record user "$DAEMON_USER"
 	say "created the system user $DAEMON_USER"
+}
+
+# Removes a user this script created, unless a spool it owns is still there (its home: the
+# spool it was created for). Prints nothing and returns 1 when it kept the user.
+remove_user() { # USER
+	ru_home=$(getent passwd "$1" | cut -d: -f6)
+	if [ -n "$ru_home" ] && [ -d "$ru_home" ]; then
+		say "keeping the system user $1: it owns $ru_home, which is still there (userdel $1 once that is dealt with)"
+		return 1
+	fi
+	# userdel also removes a group of the user's name that is its primary group (Debian's
+	# USERGROUPS_ENAB): when that group was there before us, move the user out of it first.
+	ru_group=$(id -gn "$1" 2>/dev/null || true)
+	if [ "$ru_group" = "$1" ] && ! recorded group "$1"; then
+		if getent group nogroup >/dev/null 2>&1; then
+			usermod -g nogroup "$1"
+		else
+			say "keeping the system user $1: its primary group $1 is not ours to remove"
+			return 1
+		fi
+	fi
+	if ! userdel "$1"; then
+		say "could not remove the system user $1 (userdel $1)"
+		return 1
+	fi
+	return 0
 }
 
 # ---- install ---------------------------------------------------------------------------
@@ -553,10 +580,12 @@ entries() { # KIND: the paths recorded with that kind, last first
 }
 
 spool_is_empty() {
-	# queue/.spare.* are the files of delivered messages the daemon keeps for new ones: not mail.
+	# queue/.spare.* are the files of delivered messages the daemon keeps for new ones, and
+	# maildrop/.waiting the mark sendmail leaves for it: not mail.
 	for d in maildrop queue failed; do
 		if [ -d "$DESTDIR$1/$d" ] && [ -n "$(find "$DESTDIR$1/$d" -mindepth 1 -maxdepth 1 \
-			! -path "$DESTDIR$1/queue/.spare.*" -print -quit)" ]; then
+			! -path "$DESTDIR$1/queue/.spare.*" ! -path "$DESTDIR$1/maildrop/.waiting" \
+			-print -quit)" ]; then
 			return 1
 		fi
 	done
@@ -600,7 +629,11 @@ do_uninstall() {
 	fi
 	for conf in $(entries conf); do
 		example=$SRC_DIR/smtp_bridge.conf.example
-		if [ -f "$DESTDIR$conf" ] && [ -f "$example" ] && fresh_config | cmp -s - "$DESTDIR$conf"; then
+		# Unchanged: what this version writes, or (from an older version) nothing but comments.
+		if [ -f "$DESTDIR$conf" ] && [ -f "$example" ] && {
+			fresh_config | cmp -s - "$DESTDIR$conf" ||
+				! grep -qv '^[[:space:]]*\(#.*\)\{0,1\}$' "$DESTDIR$conf"
+		}; then
 			rm -f "$DESTDIR$conf"
 		else
 			say "keeping $DESTDIR$conf: it was changed after installation"
@@ -625,25 +658,35 @@ do_uninstall() {
 			kept_spool=$spool
 		fi
 	done
-	# The user we created goes too, unless it still owns a spool kept above.
+	# The user we created goes too, unless a spool it owns is still there. What is kept stays
+	# in the manifest, so that a later --uninstall (after a reinstall) still removes it.
+	kept=
 	for user in $(entries user); do
-		if [ -n "$kept_spool" ]; then
-			say "keeping the system user $user: it owns $kept_spool (userdel $user once that is dealt with)"
-		elif ! userdel "$user"; then
-			say "could not remove the system user $user (userdel $user)"
+		if remove_user "$user"; then
+			for group in $(entries group); do
+				# userdel takes a user's own group with it where USERGROUPS_ENAB says so.
+				if getent group "$group" >/dev/null 2>&1 && ! groupdel "$group"; then
+					say "could not remove the group $group (groupdel $group)"
+				fi
+			done
+		else
+			kept="$kept$(printf 'user\t%s' "$user")
+"
+			for group in $(entries group); do
+				kept="$kept$(printf 'group\t%s' "$group")
+"
+			done
 		fi
 	done
-	if [ -z "$kept_spool" ]; then
-		for group in $(entries group); do
-			# userdel takes a user's own group with it where USERGROUPS_ENAB says so.
-			if getent group "$group" >/dev/null 2>&1 && ! groupdel "$group"; then
-				say "could not remove the group $group (groupdel $group)"
-			fi
-		done
-	fi
+	[ -n "$kept_spool" ] && [ -n "$kept" ] && kept="$kept$(printf 'spool\t%s' "$kept_spool")
+"
 	rm -f "$DESTDIR$STATE_DIR/pending-actions"
 	dirs=$(entries dir)
 	rm -f "$DESTDIR$MANIFEST"
+	if [ -n "$kept" ]; then
+		printf '%sdir\t%s\n' "$kept" "$STATE_DIR" >"$DESTDIR$MANIFEST"
+		say "$MANIFEST keeps what was left, for the next --uninstall"
+	fi
 	for d in $dirs; do
 		rmdir "$DESTDIR$d" 2>/dev/null || true
 	done

@@ -943,6 +943,57 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
     drop(guard);
 }
 
+/// A group named like the daemon's user that was there before: the install uses it, and
+/// the uninstall removes the user it created but not that group (userdel alone would).
+#[test]
+fn system_install_uses_an_existing_group_and_leaves_it() {
+    if !system_tests_allowed() {
+        return;
+    }
+    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        !Path::new("/etc/smtp_bridge.conf").exists() && !Path::new("/var/lib/smtp_bridge").exists(),
+        "the machine already has smtp_bridge installed; the system test needs a clean one"
+    );
+    assert_no_daemon_user("before the install");
+    struct Group;
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("userdel").arg(DAEMON_USER).output();
+            let _ = Command::new("groupdel").arg(DAEMON_USER).output();
+        }
+    }
+    run(Command::new("groupadd").args(["--system", DAEMON_USER]));
+    let _group = Group;
+    let _guard = SystemInstall {
+        wrote_config: false,
+    };
+    let bins = bin_dir();
+    install_ok(
+        None,
+        "/usr/local",
+        &["--no-start", "--binaries", bins.to_str().unwrap()],
+    );
+    let user = nix::unistd::User::from_name(DAEMON_USER)
+        .unwrap()
+        .expect("user");
+    let group = nix::unistd::Group::from_name(DAEMON_USER)
+        .unwrap()
+        .expect("group");
+    assert_eq!(user.gid, group.gid, "the existing group is the user's");
+    install_ok(None, "/usr/local", &["--uninstall"]);
+    assert!(
+        nix::unistd::User::from_name(DAEMON_USER).unwrap().is_none(),
+        "the user we created is still there"
+    );
+    let after = nix::unistd::Group::from_name(DAEMON_USER).unwrap();
+    assert_eq!(
+        after.map(|g| g.gid),
+        Some(group.gid),
+        "the group that was there before is gone"
+    );
+}
+
 /// Purges the package even when an assertion failed half-way.
 struct DebInstalled;
 
@@ -1038,6 +1089,43 @@ fn deb_builds_installs_with_apt_provides_the_mta_and_purges_cleanly() {
         assert_eq!(meta.mode() & 0o7777, want, "{dir}");
         assert_eq!(meta.uid(), uid, "{dir} owner");
     }
+    // A configuration naming another user (an older one kept on upgrade) gets a drop-in that
+    // runs the daemon as that user, so that the unit and the spool agree; back to the
+    // shipped one, the drop-in goes.
+    let dropin = Path::new("/etc/systemd/system/smtp_bridge.service.d/50-configuration.conf");
+    assert!(!dropin.exists(), "a drop-in for the shipped configuration");
+    let shipped = std::fs::read_to_string("/etc/smtp_bridge.conf").unwrap();
+    let old = shipped
+        .replace("username = \"smtp_bridge\"", "#username = \"nobody\"")
+        .replace("group = \"smtp_bridge\"", "#group = \"nogroup\"");
+    assert_ne!(old, shipped);
+    std::fs::write("/etc/smtp_bridge.conf", &old).unwrap();
+    let reconfigure = || {
+        run(Command::new("dpkg-reconfigure")
+            .args(["-f", "noninteractive", "smtp-bridge"])
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+    };
+    reconfigure();
+    let text = std::fs::read_to_string(dropin).expect("the drop-in for user nobody");
+    for line in [
+        "User=nobody",
+        "Group=nogroup",
+        "ReadWritePaths=/var/spool/smtp_bridge",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let queue = std::fs::metadata("/var/spool/smtp_bridge/queue").unwrap();
+    assert_eq!(
+        queue.uid(),
+        nobody.uid.as_raw(),
+        "queue/ follows the configured user"
+    );
+    std::fs::write("/etc/smtp_bridge.conf", &shipped).unwrap();
+    reconfigure();
+    assert!(!dropin.exists() && !dropin.parent().unwrap().exists());
+    let queue = std::fs::metadata("/var/spool/smtp_bridge/queue").unwrap();
+    assert_eq!(queue.uid(), uid, "queue/ is the daemon's user's again");
 
     // With the bridge unreachable, sendmail still takes the message (into the spool).
     let mut sm = Command::new("/usr/sbin/sendmail")
