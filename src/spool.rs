@@ -863,10 +863,23 @@ impl Spool {
         } else {
             None
         };
+        let created_root = !self.root.exists();
         match fs::DirBuilder::new().recursive(true).create(&self.root) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
+        }
+        if created_root {
+            // Its own block, and its entry in the parent (`ensure_dir` below does this for
+            // the directories it creates).
+            fsync_dir(&self.root)?;
+            if let Some(parent) = self.root.parent() {
+                match fsync_dir(parent) {
+                    // A parent we may create in but not read (mode 0711): nothing to do.
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                    other => other?,
+                }
+            }
         }
         let meta = fs::metadata(&self.root)?;
         if meta.mode() & 0o002 != 0 {
@@ -969,19 +982,36 @@ impl Spool {
         let dev = fs::metadata(&self.root).ok()?.dev();
         let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
         let uevent = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")).ok()?;
-        let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
-        // jbd2 names its entries DEVICE-INODE ("vda1-8"); the directory is missing
-        // altogether while no file system has a journal.
-        let journaled = match fs::read_dir("/proc/fs/jbd2") {
-            Ok(entries) => entries.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.rsplit_once('-'))
-                    .is_some_and(|(dev, _)| dev == name)
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        // ("cciss/c0d0" is "cciss!c0d0" in /proc.)
+        let name = uevent
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVNAME="))?
+            .replace('/', "!");
+        // Only where ext4 shows its mounts here can a missing journal entry be believed (a
+        // sandbox may hide /proc/fs).
+        if !Path::new("/proc/fs/ext4").join(&name).exists() {
+            return None;
+        }
+        // jbd2 names an internal journal DEVICE-INODE ("vda1-8"), and an external one after
+        // its own device (no "-INODE"): then it cannot tell whose it is, and says nothing.
+        // The directory is missing altogether while no file system has a journal.
+        let mut journaled = false;
+        match fs::read_dir("/proc/fs/jbd2") {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let entry = entry.file_name();
+                    let entry = entry.to_str()?;
+                    match entry.rsplit_once('-') {
+                        Some((dev, ino)) if ino.bytes().all(|b| b.is_ascii_digit()) => {
+                            journaled |= dev == name;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(_) => return None,
-        };
+        }
         (!journaled).then(|| {
             format!(
                 "the spool {} is on ext4 without a journal ({name}): after a power cut, e2fsck \

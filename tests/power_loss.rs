@@ -187,19 +187,44 @@ struct Image(PathBuf);
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Never mount the next image over this one.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
     }
 }
 
 /// The message with this token: the envelope recipient names it, the header `To` does not
 /// (so the digest shows the envelope), and the body says it at the start and at the end. A
-/// header of `filler` bytes varies the file size without reaching the digest.
+/// header of `filler` bytes, the token over and over, varies the file size without reaching
+/// the digest (and a stale block of another message in it would name another token).
 fn message(token: &str, filler: usize) -> String {
     format!(
         "From: sender@example.com\r\nTo: owner@example.com\r\nSubject: power {token}\r\n\
          X-Filler: {}\r\n\r\nBEGIN {token}\r\nthe body of {token}\r\nEND {token}\r\n",
-        "f".repeat(filler)
+        filler_text(token, filler)
     )
+}
+
+fn filler_text(token: &str, len: usize) -> String {
+    format!("{token}-").repeat(len / (token.len() + 1) + 1)[..len].to_owned()
+}
+
+/// The parts of a sent message a spool file must hold byte for byte (line ends aside): its
+/// filler header and its body, which ends the file.
+fn sent_parts(sent: &str) -> (String, String) {
+    let sent = sent.replace("\r\n", "\n");
+    let filler = sent
+        .lines()
+        .find(|l| l.starts_with("X-Filler: "))
+        .expect("a filler line")
+        .to_owned();
+    let body = sent[sent.find("\n\nBEGIN ").expect("a body")..].to_owned();
+    (filler, body)
 }
 
 fn recipient(token: &str) -> String {
@@ -224,6 +249,8 @@ fn tokens_in(reply: &str) -> Vec<String> {
 struct Record {
     /// token -> when its 250 (or the shim's exit 0) arrived.
     acked: BTreeMap<String, u64>,
+    /// token -> the message as sent (acknowledged or not).
+    sent: BTreeMap<String, String>,
 }
 
 fn smtp_load(addr: std::net::SocketAddr, session: usize, record: Arc<Mutex<Record>>) {
@@ -241,12 +268,14 @@ fn smtp_load(addr: std::net::SocketAddr, session: usize, record: Arc<Mutex<Recor
         let token = format!("pl{session}x{n}");
         // 0 to ~24 KiB of filler: small files become spares, large ones do not.
         let filler = (n * 7919 + session * 104_729) % 24_000;
+        let text = message(&token, filler);
+        record
+            .lock()
+            .unwrap()
+            .sent
+            .insert(token.clone(), text.clone());
         let reply = s
-            .message_from(
-                "sender@example.com",
-                &[&recipient(&token)],
-                message(&token, filler).as_bytes(),
-            )
+            .message_from("sender@example.com", &[&recipient(&token)], text.as_bytes())
             .expect("send");
         if reply.0 == 250 {
             record.lock().unwrap().acked.insert(token, monotonic_ns());
@@ -267,11 +296,17 @@ fn shim_load(config: &Path, record: Arc<Mutex<Record>>) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run sendmail");
+        let text = message(&token, n * 1500);
+        record
+            .lock()
+            .unwrap()
+            .sent
+            .insert(token.clone(), text.clone());
         child
             .stdin
             .take()
             .unwrap()
-            .write_all(message(&token, n * 1500).as_bytes())
+            .write_all(text.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
@@ -400,17 +435,17 @@ fn crash_image(dir: &TestDir, log: &Path, k: usize, keep: f64) -> (Image, String
         "e2fsck could not repair the disk after flush {k} (exit {code}):\n{}",
         String::from_utf8_lossy(&fsck.stdout)
     );
+    let cut = out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("disk.py crash said {out:?}"));
     let at = dir.join("crashed");
     let _ = std::fs::create_dir(&at);
     run(Command::new("mount")
         .args(["-o", "loop"])
         .arg(&img)
         .arg(&at));
-    let cut = out
-        .split_whitespace()
-        .nth(3)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("disk.py crash said {out:?}"));
     (
         Image(at),
         format!("{} (e2fsck exit {code})", out.trim()),
@@ -452,6 +487,42 @@ fn check_moment(
         );
         return (0, 0);
     }
+    // Before anything reads it: every message file in the spool, acknowledged or not, holds
+    // its own message (a renamed file's data was durable before the rename), its filler and
+    // body byte for byte, so a spare written over is never found holding older bytes.
+    // Without a journal, e2fsck's repairs may leave anything in a file that was being
+    // removed or written (blocks claimed twice, a deletion half done): not checked there.
+    for sub in ["queue", "maildrop"].into_iter().filter(|_| journal) {
+        // (A cut before the daemon's first start finished may leave no queue/ yet.)
+        let Ok(entries) = std::fs::read_dir(spool.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".retry") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap())
+                .replace("\r\n", "\n");
+            let token = text
+                .lines()
+                .find_map(|l| l.strip_prefix("rcpt "))
+                .and_then(|r| r.strip_suffix("@example.com"))
+                .unwrap_or_else(|| {
+                    panic!("flush {k} [{what}]: {sub}/{name} has no recipient:\n{text:.400}")
+                });
+            let sent = record.sent.get(token).unwrap_or_else(|| {
+                panic!("flush {k} [{what}]: {sub}/{name} is for {token}, never sent")
+            });
+            let (filler, body) = sent_parts(sent);
+            assert!(
+                // (The SMTP client's CRLF before the final dot adds an empty last line.)
+                text.contains(&format!("\n{filler}\n"))
+                    && text.trim_end().ends_with(body.trim_end()),
+                "flush {k} [{what}]: {sub}/{name} ({token}) does not hold its message whole:\n{text:.600}"
+            );
+        }
+    }
     let bridge = StandInBridge::start();
     let config = dir.join("recovered.conf");
     let mut daemon = start_daemon(&config, &spool, &bridge.url, extra);
@@ -481,12 +552,17 @@ fn check_moment(
     for r in &got {
         let tokens = tokens_in(&r.reply);
         let first = tokens.first().cloned().unwrap_or_default();
+        let whole = tokens.len() == 5 && tokens.iter().all(|t| *t == first);
+        // Without a journal, what e2fsck repaired may be delivered too; only whole messages
+        // count as delivered there.
         assert!(
-            tokens.len() == 5 && tokens.iter().all(|t| *t == first),
+            whole || !journal,
             "flush {k} [{what}]: a digest that is not one whole message:\n{}",
             r.reply
         );
-        arrived.insert(first);
+        if whole {
+            arrived.insert(first);
+        }
     }
     let warned = log_text.contains("on ext4 without a journal");
     assert_eq!(
@@ -525,23 +601,29 @@ fn check_moment(
     let failed = std::fs::read_dir(spool.join("failed"))
         .map(|d| d.count())
         .unwrap_or(0);
-    assert_eq!(
-        failed, 0,
+    assert!(
+        failed == 0 || !journal,
         "flush {k} [{what}]: something was set aside:\n{log_text}"
     );
     drop(image);
     (owed.len(), in_lost_found)
 }
 
+/// One run at a time: each has a FUSE disk, loop devices and a daemon of its own, and three
+/// side by side on two cores only slow each other down.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn power_loss(label: &str, journal: bool, extra: &str) {
     if !prerequisites() {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TestDir::new(label);
+    // 4 KiB blocks as on any real disk (mke2fs would pick 1 KiB for a disk this small).
     let mkfs_options: &[&str] = if journal {
-        &[]
+        &["-b", "4096"]
     } else {
-        &["-O", "^has_journal"]
+        &["-b", "4096", "-O", "^has_journal"]
     };
     let mut disk = Disk::start(&dir, mkfs_options);
     let (record, delivered, started) = take_mail(&dir, &disk, extra);
@@ -552,8 +634,8 @@ fn power_loss(label: &str, journal: bool, extra: &str) {
         "only {acked} messages were acknowledged"
     );
     assert!(
-        !delivered.is_empty() && delivered.len() < acked + SHIM_RUNS,
-        "the bridge should have taken some of the mail during the run: {}",
+        !delivered.is_empty() && delivered.len() < acked,
+        "the bridge should have taken some of the mail during the run, not all: {}",
         delivered.len()
     );
 
@@ -592,6 +674,12 @@ fn power_loss(label: &str, journal: bool, extra: &str) {
         owed_total += owed;
         lost_found_total += in_lost_found;
     }
+    // A replay that owed nothing proves nothing.
+    assert!(
+        owed_total >= 10 * moments.len(),
+        "only {owed_total} messages owed over {} moments",
+        moments.len()
+    );
     eprintln!(
         "{label}: {acked} acknowledged, {} delivered during the run, {} flushes; {} power cuts \
          replayed in {:?}, {owed_total} messages owed in all, none lost \
@@ -620,7 +708,9 @@ fn no_acknowledged_message_is_lost_to_a_power_cut_on_ext4_with_file_syncs() {
 /// ext4 without a journal (as some VM images are): fsync keeps each message and its
 /// directory entry, but not the file system's own bookkeeping, and `e2fsck` may then move
 /// messages, whole, into `lost+found/` (a directory split that was half written loses their
-/// entries). Nothing acknowledged is destroyed, and the daemon warns at start.
+/// entries), or leave a file being removed with another's blocks. Nothing acknowledged is
+/// destroyed (each is delivered whole or lies whole in `lost+found/`), the daemon drains
+/// whatever it finds, and it warns at start.
 #[test]
 fn no_acknowledged_message_is_destroyed_by_a_power_cut_on_ext4_without_journal() {
     power_loss("power-ext4-nojournal", false, "");

@@ -39,10 +39,13 @@ S = struct.Struct("<cQ")
 
 
 def serve(mountpoint, size, log_path):
-    try:  # Debian's python3-fusepy names the module fusepy; pip's fusepy names it fuse.
-        from fusepy import FUSE, FuseOSError, Operations
-    except ImportError:
-        from fuse import FUSE, FuseOSError, Operations
+    from fusepy import FUSE, FuseOSError, Operations  # Debian's python3-fusepy
+
+    # The kernel may wait on this process to write out pages of the loop device: tell it
+    # this process is an I/O flusher, so that its own allocations do not wait on itself.
+    import ctypes
+    PR_SET_IO_FLUSHER = 57
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0)
 
     class Disk(Operations):
         def __init__(self):
@@ -114,7 +117,10 @@ def records(log_path):
                 yield ("S", size, b"", 0)
             elif kind == b"W":
                 _, offset, length, stamp = W.unpack(kind + f.read(W.size - 1))
-                yield ("W", offset, f.read(length), stamp)
+                data = f.read(length)
+                if len(data) != length:
+                    raise SystemExit(f"disk.py: {log_path} ends inside a write")
+                yield ("W", offset, data, stamp)
             elif kind == b"F":
                 _, stamp = F.unpack(kind + f.read(F.size - 1))
                 yield ("F", 0, b"", stamp)
