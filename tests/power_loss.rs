@@ -2,15 +2,16 @@
 //!
 //! The spool lives on ext4 on a loop device over `tests/power_loss/disk.py`, a FUSE disk
 //! that logs every write and every cache flush in the order they reached it. While the
-//! daemon takes mail over SMTP and `sendmail` drops mail as a local user, and the bridge
-//! comes and goes (so messages are delivered, removed, and their files kept as spares and
-//! written over), every `250` and every exit 0 is stamped. Afterwards the log is replayed
-//! into the disk as a power cut could have left it just after one flush: everything that
-//! reached the disk before it, and a random part of what came after (a volatile cache that
-//! wrote some of it back). For many such moments, the image gets `e2fsck -y` as at boot, a
-//! fresh daemon starts on it with a bridge up, and every message acknowledged before that
-//! moment and not yet delivered must reach the bridge, whole, and as itself: a file that
-//! held another message's bytes, or an envelope over someone else's text, fails the test.
+//! daemon takes mail over SMTP and `sendmail` drops mail as a local user and as root, and
+//! the bridge comes and goes (so messages are delivered, removed, and their files kept as
+//! spares and written over), every `250` and every exit 0 is stamped. Afterwards the log is
+//! replayed into the disk as a power cut could have left it just after one flush:
+//! everything that reached the disk before it, and a random part of what came after (a
+//! volatile cache that wrote some of it back). For many such moments, the image gets
+//! `e2fsck -y` as at boot, a fresh daemon starts on it with a bridge up, and every message
+//! acknowledged before that moment and not yet delivered must reach the bridge, whole, and
+//! as itself: a file that held another message's bytes, or an envelope over someone else's
+//! text, fails the test.
 //!
 //! Needs root, a loop device, `/dev/fuse`, e2fsprogs and Debian's python3-fusepy (a missing
 //! one fails under CI, and skips elsewhere).
@@ -34,7 +35,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// SMTP sessions at once, and messages each sends (reconnecting now and then).
 const SESSIONS: usize = 3;
 const PER_SESSION: usize = 40;
-/// `sendmail` runs as a local user (into `maildrop/`).
+/// `sendmail` runs: two in three as a local user (into `maildrop/`), one as root.
 const SHIM_RUNS: usize = 15;
 /// Moments of power loss replayed per file system.
 const CRASH_POINTS: usize = 36;
@@ -283,19 +284,27 @@ fn smtp_load(addr: std::net::SocketAddr, session: usize, record: Arc<Mutex<Recor
     }
 }
 
+/// `sendmail` by turns as `nobody` (into `maildrop/`, made durable with a `syncfs`, since
+/// it may not open that directory) and as root (which writes into `queue/` as the spool's
+/// owner, with its own fsyncs and retry state).
 fn shim_load(config: &Path, record: Arc<Mutex<Record>>) {
     for n in 0..SHIM_RUNS {
-        let token = format!("smx{n}");
-        let mut child = Command::new(common::sendmail_bin())
-            .args(["-i", "-f", "sender@example.com", &recipient(&token)])
+        let as_root = n % 3 == 2;
+        let token = if as_root {
+            format!("smrx{n}")
+        } else {
+            format!("smx{n}")
+        };
+        let mut cmd = Command::new(common::sendmail_bin());
+        cmd.args(["-i", "-f", "sender@example.com", &recipient(&token)])
             .env("SMTP_BRIDGE_CONFIG", config)
-            .uid(65534)
-            .gid(65534)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run sendmail");
+            .stderr(Stdio::piped());
+        if !as_root {
+            cmd.uid(65534).gid(65534);
+        }
+        let mut child = cmd.spawn().expect("run sendmail");
         let text = message(&token, n * 1500);
         record
             .lock()
