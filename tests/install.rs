@@ -712,6 +712,16 @@ fn assert_daemon_user() -> u32 {
     user.uid.as_raw()
 }
 
+/// Checks that smtp_bridge is not installed here (no configuration, no install state, no
+/// user): a system test starts from a clean machine.
+fn assert_clean_machine() {
+    assert!(
+        !Path::new("/etc/smtp_bridge.conf").exists() && !Path::new("/var/lib/smtp_bridge").exists(),
+        "the machine already has smtp_bridge installed; the system test needs a clean one"
+    );
+    assert_no_daemon_user("before the install");
+}
+
 /// Checks that neither the daemon's user nor its group exists.
 fn assert_no_daemon_user(when: &str) {
     assert!(
@@ -781,11 +791,7 @@ fn system_install_takes_mail_from_mail_and_cron_then_uninstall_restores_the_mach
         return;
     }
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        !Path::new("/etc/smtp_bridge.conf").exists() && !Path::new("/var/lib/smtp_bridge").exists(),
-        "the machine already has smtp_bridge installed; the system test needs a clean one"
-    );
-    assert_no_daemon_user("before the install");
+    assert_clean_machine();
     let bridge = StandInBridge::start();
     let port = common::free_port();
     // Written before the install, so the install must keep it (and uninstall leave it). It
@@ -951,11 +957,7 @@ fn system_install_uses_an_existing_group_and_leaves_it() {
         return;
     }
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        !Path::new("/etc/smtp_bridge.conf").exists() && !Path::new("/var/lib/smtp_bridge").exists(),
-        "the machine already has smtp_bridge installed; the system test needs a clean one"
-    );
-    assert_no_daemon_user("before the install");
+    assert_clean_machine();
     struct Group;
     impl Drop for Group {
         fn drop(&mut self) {
