@@ -870,16 +870,7 @@ impl Spool {
             Err(e) => return Err(e),
         }
         if created_root {
-            // Its own block, and its entry in the parent (`ensure_dir` below does this for
-            // the directories it creates).
-            fsync_dir(&self.root)?;
-            if let Some(parent) = self.root.parent() {
-                match fsync_dir(parent) {
-                    // A parent we may create in but not read (mode 0711): nothing to do.
-                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-                    other => other?,
-                }
-            }
+            sync_created_dir(&self.root)?;
         }
         let meta = fs::metadata(&self.root)?;
         if meta.mode() & 0o002 != 0 {
@@ -2581,15 +2572,22 @@ fn ensure_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<(
         dir.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     if created {
-        // A new directory's own block (`.` and `..`) and its entry in the parent: on a file
-        // system without a journal nothing else writes them out before mail is committed
-        // into it, and after a power cut fsck would find the directory corrupt.
-        dir.sync_all()?;
-        if let Some(parent) = path.parent() {
-            fsync_dir(parent)?;
-        }
+        sync_created_dir(path)?;
     }
     Ok(())
+}
+
+/// Makes a directory just created durable: its own block (`.` and `..`) and its entry in
+/// the parent. On a file system without a journal nothing else writes them out before mail
+/// is committed into it, and after a power cut fsck would find the directory corrupt.
+fn sync_created_dir(path: &Path) -> io::Result<()> {
+    fsync_dir(path)?;
+    match path.parent().map(fsync_dir) {
+        // A parent we may create in but not read (mode 0711): nothing we can do.
+        Some(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        Some(other) => other,
+        None => Ok(()),
+    }
 }
 
 /// The names in `dir` (without `.` and `..`).

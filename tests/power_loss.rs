@@ -347,16 +347,13 @@ fn write_config(path: &Path, text: &str) {
 }
 
 fn start_daemon(config_path: &Path, spool: &Path, bridge_url: &str, extra: &str) -> Daemon {
-    for _ in 0..5 {
-        let port = common::free_port();
-        write_config(config_path, &config_text(spool, bridge_url, port, extra));
-        match Daemon::try_start(config_path, port, None, |_| {}) {
-            Ok(d) => return d,
-            Err(e) if e.status.code() == Some(71) => {}
-            Err(e) => panic!("daemon exited with {}:\n{}", e.status, e.stderr),
-        }
-    }
-    panic!("no port the daemon could bind in 5 tries")
+    common::daemon::start_on_a_free_port(
+        |port| {
+            write_config(config_path, &config_text(spool, bridge_url, port, extra));
+            config_path.to_path_buf()
+        },
+        |_| {},
+    )
 }
 
 /// The run: mail in over SMTP and `sendmail` while the bridge flaps; returns the stamps,

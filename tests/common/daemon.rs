@@ -40,20 +40,32 @@ pub fn setup_with(
 ) -> (StandInBridge, Daemon) {
     let bridge = StandInBridge::start();
     let dir = TestDir::new(label);
-    // A port free a moment ago can be taken before the daemon binds it (by another test
-    // process, side by side): it then exits with EX_OSERR (71), and gets another port.
+    let mut d = start_on_a_free_port(
+        |port| {
+            super::write_config(
+                &dir.path,
+                &bridge.url,
+                &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
+            )
+        },
+        command,
+    );
+    d.dir = Some(dir);
+    (bridge, d)
+}
+
+/// Starts the daemon with the configuration `config_for(port)` writes (it listens on that
+/// loopback port). A port free a moment ago can be taken before the daemon binds it (by
+/// another test process, side by side): it then exits with EX_OSERR (71), and gets another.
+pub fn start_on_a_free_port(
+    mut config_for: impl FnMut(u16) -> PathBuf,
+    command: impl Fn(&mut Command),
+) -> Daemon {
     for _ in 0..5 {
         let port = super::free_port();
-        let config = super::write_config(
-            &dir.path,
-            &bridge.url,
-            &format!("listen = [\"127.0.0.1:{port}\"]\n{extra}"),
-        );
+        let config = config_for(port);
         match Daemon::try_start(&config, port, None, &command) {
-            Ok(mut d) => {
-                d.dir = Some(dir);
-                return (bridge, d);
-            }
+            Ok(d) => return d,
             Err(e) if e.status.code() == Some(71) => {}
             Err(e) => panic!("daemon exited with {}:\n{}", e.status, e.stderr),
         }
